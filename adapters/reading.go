@@ -1,0 +1,173 @@
+// Package adapters holds what every device adapter shares: the Reading a
+// poll or subscription produces, its Value and its Quality. Adapters live in
+// the sub-packages (modbus, opcua); they import this package and nothing
+// else of ferry except config.
+package adapters
+
+import (
+	"math"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// Quality of a reading, as published in the "quality" field.
+type Quality uint8
+
+// Qualities.
+const (
+	Good Quality = iota
+	Uncertain
+	Bad
+)
+
+func (q Quality) String() string {
+	switch q {
+	case Good:
+		return "good"
+	case Uncertain:
+		return "uncertain"
+	default:
+		return "bad"
+	}
+}
+
+// Reading is one sampled tag value.
+type Reading struct {
+	Device  string
+	Tag     string
+	Value   Value
+	Quality Quality
+	Time    time.Time // when sampled (device source time where the protocol has one)
+	Err     string    // why the read failed, for Quality Bad
+}
+
+// Kind is the type held by a Value.
+type Kind uint8
+
+// Kinds of Value.
+const (
+	Null Kind = iota
+	BoolKind
+	IntKind
+	UintKind
+	FloatKind
+	StringKind
+)
+
+// Value is a decoded tag value. It holds a bool, int64, uint64, float64 or
+// string without allocating; the zero Value is JSON null.
+type Value struct {
+	kind Kind
+	bits uint64
+	str  string
+}
+
+// BoolValue returns a Value holding b.
+func BoolValue(b bool) Value {
+	v := Value{kind: BoolKind}
+	if b {
+		v.bits = 1
+	}
+	return v
+}
+
+// IntValue returns a Value holding i.
+func IntValue(i int64) Value { return Value{kind: IntKind, bits: uint64(i)} }
+
+// UintValue returns a Value holding u.
+func UintValue(u uint64) Value { return Value{kind: UintKind, bits: u} }
+
+// FloatValue returns a Value holding f.
+func FloatValue(f float64) Value { return Value{kind: FloatKind, bits: math.Float64bits(f)} }
+
+// StringValue returns a Value holding s.
+func StringValue(s string) Value { return Value{kind: StringKind, str: s} }
+
+// Kind reports what v holds.
+func (v Value) Kind() Kind { return v.kind }
+
+// Bool returns the bool held by v (false unless Kind is BoolKind).
+func (v Value) Bool() bool { return v.kind == BoolKind && v.bits == 1 }
+
+// Int returns the int64 held by v (0 unless Kind is IntKind).
+func (v Value) Int() int64 {
+	if v.kind != IntKind {
+		return 0
+	}
+	return int64(v.bits)
+}
+
+// Uint returns the uint64 held by v (0 unless Kind is UintKind).
+func (v Value) Uint() uint64 {
+	if v.kind != UintKind {
+		return 0
+	}
+	return v.bits
+}
+
+// Float returns v as a float64 for any numeric kind, 0 otherwise.
+func (v Value) Float() float64 {
+	switch v.kind {
+	case FloatKind:
+		return math.Float64frombits(v.bits)
+	case IntKind:
+		return float64(int64(v.bits))
+	case UintKind:
+		return float64(v.bits)
+	}
+	return 0
+}
+
+// Str returns the string held by v ("" unless Kind is StringKind).
+func (v Value) Str() string { return v.str }
+
+// AppendJSON appends v as a JSON value. NaN and ±Inf, which JSON cannot
+// represent, are written as null.
+func (v Value) AppendJSON(b []byte) []byte {
+	switch v.kind {
+	case BoolKind:
+		return strconv.AppendBool(b, v.bits == 1)
+	case IntKind:
+		return strconv.AppendInt(b, int64(v.bits), 10)
+	case UintKind:
+		return strconv.AppendUint(b, v.bits, 10)
+	case FloatKind:
+		f := math.Float64frombits(v.bits)
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return append(b, "null"...)
+		}
+		return strconv.AppendFloat(b, f, 'g', -1, 64)
+	case StringKind:
+		return AppendJSONString(b, v.str)
+	}
+	return append(b, "null"...)
+}
+
+// String formats v for humans (logs, ferry read).
+func (v Value) String() string { return string(v.AppendJSON(nil)) }
+
+const hexDigits = "0123456789abcdef"
+
+// AppendJSONString appends s as a quoted JSON string, escaping what JSON
+// requires and replacing invalid UTF-8 with U+FFFD.
+func AppendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b = append(b, '\\', byte(r))
+		case r == '\n':
+			b = append(b, '\\', 'n')
+		case r == '\r':
+			b = append(b, '\\', 'r')
+		case r == '\t':
+			b = append(b, '\\', 't')
+		case r < 0x20 || r == 0x2028 || r == 0x2029:
+			b = append(b, '\\', 'u', hexDigits[r>>12&0xf], hexDigits[r>>8&0xf], hexDigits[r>>4&0xf], hexDigits[r&0xf])
+		default:
+			b = utf8.AppendRune(b, r)
+		}
+	}
+	return append(b, '"')
+}

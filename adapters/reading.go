@@ -171,3 +171,16 @@ func AppendJSONString(b []byte, s string) []byte {
 	}
 	return append(b, '"')
 }
+
+// Sink receives what an adapter produces. The gateway implements it; an
+// adapter calls it from its own goroutines. Implementations must not block
+// for long (they append to the disk buffer) and must not retain rs after
+// returning.
+type Sink interface {
+	// Readings delivers the readings of one poll cycle or one notification
+	// batch of one device.
+	Readings(rs []Reading)
+	// DeviceState reports a change of a device's connection state; err is
+	// nil when up.
+	DeviceState(device string, up bool, err error)
+}

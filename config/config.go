@@ -6,11 +6,22 @@
 // problem found, each with the file, position (where the TOML parser gives
 // one) and the key path, e.g. modbus[plc1].tag[temperature].address.
 //
+// Unknown keys are errors (with a "did you mean" suggestion), durations
+// must be strings ("250ms"; a bare integer is refused), sizes are strings
+// such as "512MiB" or integer bytes. ${VAR} and ${VAR:-default} are
+// expanded in every string value and $$ is a literal dollar; secrets
+// (mqtt.password, opcua.password) may instead be read from a *_file twin;
+// relative file names are resolved against the config file's directory.
+// Every default lives in defaults.go, in a table ready for the README.
+//
 // The types in this file are the resolved model the rest of ferry consumes;
 // they carry no TOML decoding concerns.
 package config
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Config is a loaded, validated and defaulted configuration.
 type Config struct {
@@ -53,6 +64,12 @@ type MQTT struct {
 	CommandMaxAge      time.Duration
 }
 
+// Publish modes: one message per tag, or one per device and poll cycle.
+const (
+	PublishTag    = "tag"
+	PublishDevice = "device"
+)
+
 // Sync modes of the buffer.
 const (
 	SyncAlways = "always"
@@ -80,6 +97,17 @@ const (
 	TableInput    = "input"
 	TableCoil     = "coil"
 	TableDiscrete = "discrete"
+)
+
+// Byte and word orders of multi-register Modbus values, named after where
+// the bytes A (most significant) to D land: ABCD is big-endian (the Modbus
+// norm), CDAB swaps the 16-bit words, BADC swaps the bytes in each word,
+// DCBA is little-endian.
+const (
+	OrderABCD = "ABCD"
+	OrderCDAB = "CDAB"
+	OrderBADC = "BADC"
+	OrderDCBA = "DCBA"
 )
 
 // ModbusDevice is one [[modbus]] table.
@@ -138,6 +166,33 @@ func (t ModbusTag) Registers() int {
 	return 1
 }
 
+// OPC UA security policies.
+const (
+	PolicyNone                = "None"
+	PolicyBasic256Sha256      = "Basic256Sha256"
+	PolicyAes128Sha256RsaOaep = "Aes128_Sha256_RsaOaep"
+	PolicyAes256Sha256RsaPss  = "Aes256_Sha256_RsaPss"
+)
+
+// OPC UA message security modes.
+const (
+	SecurityModeNone           = "None"
+	SecurityModeSign           = "Sign"
+	SecurityModeSignAndEncrypt = "SignAndEncrypt"
+)
+
+// OPC UA acquisition modes.
+const (
+	ModeSubscribe = "subscribe"
+	ModePoll      = "poll"
+)
+
+// OPC UA deadband types.
+const (
+	DeadbandAbsolute = "absolute"
+	DeadbandPercent  = "percent"
+)
+
 // OPCUADevice is one [[opcua]] table.
 type OPCUADevice struct {
 	Name               string
@@ -174,4 +229,25 @@ type OPCUATag struct {
 	Verify           bool
 	MinWriteInterval time.Duration
 	Retain           bool
+}
+
+// Summary returns the one-line summary `ferry check` prints for a valid
+// config, e.g. "ferry.toml: valid: 2 devices (1 modbus, 1 opcua), 5 tags".
+func (c *Config) Summary() string {
+	tags := 0
+	for _, d := range c.Modbus {
+		tags += len(d.Tags)
+	}
+	for _, d := range c.OPCUA {
+		tags += len(d.Tags)
+	}
+	return fmt.Sprintf("%s: valid: %s (%d modbus, %d opcua), %s",
+		c.Path, plural(len(c.Modbus)+len(c.OPCUA), "device"), len(c.Modbus), len(c.OPCUA), plural(tags, "tag"))
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

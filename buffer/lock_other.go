@@ -1,0 +1,9 @@
+//go:build !unix
+
+package buffer
+
+import "os"
+
+func lockDir(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+}

@@ -1,0 +1,132 @@
+package gateway
+
+import (
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferry-gateway/ferry/adapters"
+	"github.com/ferry-gateway/ferry/config"
+	"github.com/ferry-gateway/ferry/gateway/record"
+)
+
+// appender is the buffer as the sink uses it.
+type appender interface {
+	Append(recs ...[]byte) (first uint64, err error)
+}
+
+// stater publishes retained device state messages.
+type stater interface {
+	PublishState(topic string, payload []byte)
+}
+
+type tagKey struct{ device, tag string }
+
+type tagInfo struct {
+	topic  string
+	retain bool
+}
+
+// sink turns readings into buffer records (one per reading, topic
+// P/DEVICE/TAG) and device state changes into retained P/DEVICE/status
+// messages. It implements adapters.Sink.
+type sink struct {
+	log    appender
+	states stater
+	prefix string
+	tags   map[tagKey]tagInfo // read-only after newSink
+	logger *slog.Logger
+
+	scratch sync.Pool // *batch
+
+	appendErrors atomic.Uint64
+	lastErrLog   atomic.Int64 // unix nanos of the last logged append error
+}
+
+type batch struct {
+	buf  []byte
+	ends []int
+	recs [][]byte
+}
+
+func newSink(cfg *config.Config, log appender, states stater, logger *slog.Logger) *sink {
+	s := &sink{
+		log:    log,
+		states: states,
+		prefix: cfg.MQTT.TopicPrefix,
+		tags:   make(map[tagKey]tagInfo),
+		logger: logger,
+	}
+	s.scratch.New = func() any { return new(batch) }
+	for _, d := range cfg.Modbus {
+		for _, t := range d.Tags {
+			s.tags[tagKey{d.Name, t.Name}] = tagInfo{s.prefix + "/" + d.Name + "/" + t.Name, t.Retain || cfg.MQTT.Retain}
+		}
+	}
+	for _, d := range cfg.OPCUA {
+		for _, t := range d.Tags {
+			s.tags[tagKey{d.Name, t.Name}] = tagInfo{s.prefix + "/" + d.Name + "/" + t.Name, t.Retain || cfg.MQTT.Retain}
+		}
+	}
+	return s
+}
+
+// Readings appends one record per reading, all in one buffer append so a
+// poll cycle costs one write (and at most one fsync).
+func (s *sink) Readings(rs []adapters.Reading) {
+	if len(rs) == 0 {
+		return
+	}
+	b := s.scratch.Get().(*batch)
+	defer s.scratch.Put(b)
+	b.buf, b.ends, b.recs = b.buf[:0], b.ends[:0], b.recs[:0]
+	for i := range rs {
+		info, ok := s.tags[tagKey{rs[i].Device, rs[i].Tag}]
+		if !ok {
+			info.topic = s.prefix + "/" + rs[i].Device + "/" + rs[i].Tag
+		}
+		b.buf = record.AppendReading(b.buf, info.topic, info.retain, rs[i])
+		b.ends = append(b.ends, len(b.buf))
+	}
+	start := 0
+	for _, end := range b.ends {
+		b.recs = append(b.recs, b.buf[start:end])
+		start = end
+	}
+	if _, err := s.log.Append(b.recs...); err != nil {
+		n := s.appendErrors.Add(1)
+		// Log the first failure and then at most once a minute: a full
+		// disk must not also flood the journal.
+		now := time.Now().UnixNano()
+		last := s.lastErrLog.Load()
+		if now-last >= int64(time.Minute) && s.lastErrLog.CompareAndSwap(last, now) {
+			s.logger.Error("buffer append failed; readings of this cycle are lost",
+				"device", rs[0].Device, "readings", len(rs), "failures", n, "err", err)
+		}
+	}
+}
+
+// DeviceState publishes the retained P/DEVICE/status message.
+func (s *sink) DeviceState(device string, up bool, err error) {
+	b := make([]byte, 0, 128)
+	b = append(b, `{"state":`...)
+	if up {
+		b = append(b, `"up"`...)
+	} else {
+		b = append(b, `"down"`...)
+	}
+	if err != nil {
+		b = append(b, `,"error":`...)
+		b = adapters.AppendJSONString(b, err.Error())
+	}
+	b = append(b, `,"ts":"`...)
+	b = time.Now().UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z")
+	b = append(b, `"}`...)
+	if up {
+		s.logger.Info("device up", "device", device)
+	} else {
+		s.logger.Warn("device down", "device", device, "err", err)
+	}
+	s.states.PublishState(s.prefix+"/"+device+"/status", b)
+}

@@ -74,15 +74,13 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 
 	pollers := make([]*modbus.Poller, 0, len(cfg.Modbus))
 	for _, dev := range cfg.Modbus {
-		p, err := modbus.NewPoller(dev, sink, logger.With("device", dev.Name))
+		p, err := modbus.NewPoller(dev, sink, logger)
 		if err != nil {
 			return fmt.Errorf("modbus device %q: %w", dev.Name, err)
 		}
 		pollers = append(pollers, p)
 	}
-	if len(cfg.OPCUA) > 0 {
-		logger.Warn("opcua devices are configured but the OPC UA adapter is not part of this build yet; they are not polled", "devices", len(cfg.OPCUA))
-	}
+	warnUnsupported(cfg, logger)
 
 	// The publisher outlives polling: it gets its own context, cancelled
 	// only after the grace period of the shutdown.
@@ -165,4 +163,34 @@ func bufferOptions(b config.Buffer, logger *slog.Logger) buffer.Options {
 		o.Sync = buffer.SyncBatch
 	}
 	return o
+}
+
+// warnUnsupported logs, once at start, every configured feature this build
+// accepts in the config but does not act on yet, so nobody believes a
+// setting is in force when it is not.
+func warnUnsupported(cfg *config.Config, logger *slog.Logger) {
+	if len(cfg.OPCUA) > 0 {
+		logger.Warn("opcua devices are configured but this build has no OPC UA adapter yet; they are not polled", "devices", len(cfg.OPCUA))
+	}
+	if cfg.Metrics.Listen != "" {
+		logger.Warn("metrics.listen is set but this build serves no metrics endpoint yet", "listen", cfg.Metrics.Listen)
+	}
+	if cfg.Buffer.MaxAge > 0 {
+		logger.Warn("buffer.max_age is not enforced by this build yet; only buffer.max_bytes caps the buffer", "max_age", cfg.Buffer.MaxAge)
+	}
+	writable, device := 0, cfg.MQTT.Publish == config.PublishDevice
+	for _, d := range cfg.Modbus {
+		device = device || d.Publish == config.PublishDevice
+		for _, t := range d.Tags {
+			if t.Writable {
+				writable++
+			}
+		}
+	}
+	if device {
+		logger.Warn(`publish = "device" is not implemented by this build yet; publishing one message per tag`)
+	}
+	if writable > 0 {
+		logger.Warn("writable tags are configured but this build does not accept commands yet; nothing is written to any device", "writable_tags", writable)
+	}
 }

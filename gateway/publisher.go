@@ -33,7 +33,7 @@ func publisherConfig(cfg *config.Config, version string, logger *slog.Logger) (m
 		ReconnectMax:   m.ReconnectMax,
 		StatusTopic:    m.TopicPrefix + "/status",
 		Version:        version,
-		Logger:         logger.With("component", "mqtt"),
+		Logger:         logger,
 	}, nil
 }
 

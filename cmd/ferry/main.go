@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -13,6 +14,8 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -35,13 +38,37 @@ type command struct {
 	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) int
 }
 
+// registry holds every subcommand; each registers itself from its own file
+// with register, so adding one touches no other file.
+var registry []command
+
+func register(c command) { registry = append(registry, c) }
+
+// commandOrder is the order of `ferry -h`; unlisted commands follow, by name.
+var commandOrder = []string{"run", "check", "plan", "read", "write", "probe", "browse", "demo", "buffer", "version"}
+
 func commands() []command {
-	return []command{
-		{"run", "run the gateway", cmdRun},
-		{"check", "validate the config without touching any device or broker", cmdCheck},
-		{"demo", "run the gateway against built-in simulators and an embedded broker", cmdDemo},
-		{"version", "print version, commit and Go version", cmdVersion},
+	rank := func(name string) int {
+		if i := slices.Index(commandOrder, name); i >= 0 {
+			return i
+		}
+		return len(commandOrder)
 	}
+	out := slices.Clone(registry)
+	slices.SortStableFunc(out, func(a, b command) int {
+		if c := cmp.Compare(rank(a.name), rank(b.name)); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	return out
+}
+
+func init() {
+	register(command{"run", "run the gateway", cmdRun})
+	register(command{"check", "validate the config without touching any device or broker", cmdCheck})
+	register(command{"demo", "run the gateway against built-in simulators and an embedded broker", cmdDemo})
+	register(command{"version", "print version, commit and Go version", cmdVersion})
 }
 
 func main() {

@@ -49,8 +49,10 @@ func loadConfig(path string, stderr io.Writer) (*config.Config, int) {
 }
 
 func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
-	fs := newFlagSet("run", "run [-config PATH]", stderr)
+	fs := newFlagSet("run", "run [-config PATH] [-log-format auto|text|json] [-log-level LEVEL]", stderr)
 	path := fs.String("config", defaultConfig, "config file")
+	logFormat := fs.String("log-format", logAuto, "log format: auto (text; under journald with priorities, no timestamps), text or json")
+	logLevel := fs.String("log-level", "", "log level: debug, info, warn or error (default: gateway.log_level)")
 	if code := parseFlags(fs, args, 0); code >= 0 {
 		return code
 	}
@@ -58,7 +60,15 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
-	logger := newLogger(stderr, cfg.Gateway.LogLevel)
+	level := cfg.Gateway.LogLevel
+	if *logLevel != "" {
+		level = *logLevel
+	}
+	logger, err := newLogger(stderr, *logFormat, level)
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry run: %v\n", err)
+		return exitUsage
+	}
 	go watchHangup(ctx, *path, logger)
 
 	logger.Info("ferry starting", "version", version, "config", *path,
@@ -97,12 +107,4 @@ func watchHangup(ctx context.Context, path string, logger *slog.Logger) {
 		}
 		logger.Warn("reload: the new config is valid; restart ferry to apply it (live reload is not supported yet)", "config", path)
 	}
-}
-
-func newLogger(w io.Writer, level string) *slog.Logger {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		l = slog.LevelInfo
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
 }

@@ -178,17 +178,13 @@ func warnUnsupported(cfg *config.Config, logger *slog.Logger) {
 	if cfg.Buffer.MaxAge > 0 {
 		logger.Warn("buffer.max_age is not enforced by this build yet; only buffer.max_bytes caps the buffer", "max_age", cfg.Buffer.MaxAge)
 	}
-	writable, device := 0, cfg.MQTT.Publish == config.PublishDevice
+	writable := 0
 	for _, d := range cfg.Modbus {
-		device = device || d.Publish == config.PublishDevice
 		for _, t := range d.Tags {
 			if t.Writable {
 				writable++
 			}
 		}
-	}
-	if device {
-		logger.Warn(`publish = "device" is not implemented by this build yet; publishing one message per tag`)
 	}
 	if writable > 0 {
 		logger.Warn("writable tags are configured but this build does not accept commands yet; nothing is written to any device", "writable_tags", writable)

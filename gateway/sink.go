@@ -28,20 +28,30 @@ type tagInfo struct {
 	retain bool
 }
 
-// sink turns readings into buffer records (one per reading, topic
-// P/DEVICE/TAG) and device state changes into retained P/DEVICE/status
-// messages. It implements adapters.Sink.
+// sink turns readings into buffer records and device state changes into
+// retained P/DEVICE/status messages. It implements adapters.Sink.
+//
+// A device publishes per tag (one record per reading, topic P/DEVICE/TAG)
+// or per device (one record per Readings call, topic P/DEVICE, payload
+// {"ts":...,"values":{"TAG":{"value":...,"quality":...,"ts":...},...},"seq":N}).
 type sink struct {
-	log    appender
-	states stater
-	prefix string
-	tags   map[tagKey]tagInfo // read-only after newSink
-	logger *slog.Logger
+	log     appender
+	states  stater
+	prefix  string
+	tags    map[tagKey]tagInfo    // read-only after newSink
+	devices map[string]deviceInfo // read-only after newSink
+	logger  *slog.Logger
 
 	scratch sync.Pool // *batch
 
 	appendErrors atomic.Uint64
 	lastErrLog   atomic.Int64 // unix nanos of the last logged append error
+}
+
+type deviceInfo struct {
+	perDevice bool
+	topic     string // P/DEVICE
+	retain    bool
 }
 
 type batch struct {
@@ -52,28 +62,39 @@ type batch struct {
 
 func newSink(cfg *config.Config, log appender, states stater, logger *slog.Logger) *sink {
 	s := &sink{
-		log:    log,
-		states: states,
-		prefix: cfg.MQTT.TopicPrefix,
-		tags:   make(map[tagKey]tagInfo),
-		logger: logger,
+		log:     log,
+		states:  states,
+		prefix:  cfg.MQTT.TopicPrefix,
+		tags:    make(map[tagKey]tagInfo),
+		devices: make(map[string]deviceInfo),
+		logger:  logger,
 	}
 	s.scratch.New = func() any { return new(batch) }
+	addDevice := func(name, publish string) {
+		s.devices[name] = deviceInfo{
+			perDevice: publish == config.PublishDevice,
+			topic:     s.prefix + "/" + name,
+			retain:    cfg.MQTT.Retain,
+		}
+	}
 	for _, d := range cfg.Modbus {
+		addDevice(d.Name, d.Publish)
 		for _, t := range d.Tags {
-			s.tags[tagKey{d.Name, t.Name}] = tagInfo{s.prefix + "/" + d.Name + "/" + t.Name, t.Retain || cfg.MQTT.Retain}
+			s.tags[tagKey{d.Name, t.Name}] = tagInfo{s.prefix + "/" + d.Name + "/" + t.Name, t.Retain}
 		}
 	}
 	for _, d := range cfg.OPCUA {
+		addDevice(d.Name, d.Publish)
 		for _, t := range d.Tags {
-			s.tags[tagKey{d.Name, t.Name}] = tagInfo{s.prefix + "/" + d.Name + "/" + t.Name, t.Retain || cfg.MQTT.Retain}
+			s.tags[tagKey{d.Name, t.Name}] = tagInfo{s.prefix + "/" + d.Name + "/" + t.Name, t.Retain}
 		}
 	}
 	return s
 }
 
-// Readings appends one record per reading, all in one buffer append so a
-// poll cycle costs one write (and at most one fsync).
+// Readings appends the records of one poll cycle or notification batch, all
+// in one buffer append so a cycle costs one write (and at most one fsync).
+// Every reading of one call belongs to one device.
 func (s *sink) Readings(rs []adapters.Reading) {
 	if len(rs) == 0 {
 		return
@@ -81,6 +102,50 @@ func (s *sink) Readings(rs []adapters.Reading) {
 	b := s.scratch.Get().(*batch)
 	defer s.scratch.Put(b)
 	b.buf, b.ends, b.recs = b.buf[:0], b.ends[:0], b.recs[:0]
+	if dev, ok := s.devices[rs[0].Device]; ok && dev.perDevice {
+		b.buf = appendDeviceRecord(b.buf, dev, rs)
+		b.ends = append(b.ends, len(b.buf))
+	} else {
+		s.appendTagRecords(b, rs)
+	}
+	start := 0
+	for _, end := range b.ends {
+		b.recs = append(b.recs, b.buf[start:end])
+		start = end
+	}
+	if _, err := s.log.Append(b.recs...); err != nil {
+		s.appendFailed(rs, err)
+	}
+}
+
+// appendDeviceRecord appends one record carrying every reading of a cycle:
+// {"ts":CYCLE,"values":{"TAG":{"value":..,"quality":..,"ts":..},...}
+// (the publisher closes it with ,"seq":N}). The cycle's ts is its newest
+// reading's.
+func appendDeviceRecord(dst []byte, dev deviceInfo, rs []adapters.Reading) []byte {
+	newest := rs[0].Time
+	for i := range rs {
+		if rs[i].Time.After(newest) {
+			newest = rs[i].Time
+		}
+	}
+	dst = record.AppendHeader(dst, dev.topic, dev.retain)
+	dst = append(dst, `{"ts":"`...)
+	dst = record.AppendTime(dst, newest)
+	dst = append(dst, `","values":{`...)
+	for i := range rs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = adapters.AppendJSONString(dst, rs[i].Tag)
+		dst = append(dst, ':')
+		dst = record.AppendReadingBody(dst, rs[i])
+		dst = append(dst, '}')
+	}
+	return append(dst, '}')
+}
+
+func (s *sink) appendTagRecords(b *batch, rs []adapters.Reading) {
 	for i := range rs {
 		info, ok := s.tags[tagKey{rs[i].Device, rs[i].Tag}]
 		if !ok {
@@ -89,21 +154,18 @@ func (s *sink) Readings(rs []adapters.Reading) {
 		b.buf = record.AppendReading(b.buf, info.topic, info.retain, rs[i])
 		b.ends = append(b.ends, len(b.buf))
 	}
-	start := 0
-	for _, end := range b.ends {
-		b.recs = append(b.recs, b.buf[start:end])
-		start = end
-	}
-	if _, err := s.log.Append(b.recs...); err != nil {
-		n := s.appendErrors.Add(1)
-		// Log the first failure and then at most once a minute: a full
-		// disk must not also flood the journal.
-		now := time.Now().UnixNano()
-		last := s.lastErrLog.Load()
-		if now-last >= int64(time.Minute) && s.lastErrLog.CompareAndSwap(last, now) {
-			s.logger.Error("buffer append failed; readings of this cycle are lost",
-				"device", rs[0].Device, "readings", len(rs), "failures", n, "err", err)
-		}
+}
+
+// appendFailed counts a failed append (the cycle's readings are lost).
+func (s *sink) appendFailed(rs []adapters.Reading, err error) {
+	n := s.appendErrors.Add(1)
+	// Log the first failure and then at most once a minute: a full disk
+	// must not also flood the journal.
+	now := time.Now().UnixNano()
+	last := s.lastErrLog.Load()
+	if now-last >= int64(time.Minute) && s.lastErrLog.CompareAndSwap(last, now) {
+		s.logger.Error("buffer append failed; readings of this cycle are lost",
+			"device", rs[0].Device, "readings", len(rs), "failures", n, "err", err)
 	}
 }
 

@@ -2,8 +2,10 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -128,3 +130,75 @@ func TestSinkDeviceState(t *testing.T) {
 		t.Errorf("up payload %s", st.bodies[1])
 	}
 }
+
+// TestSinkDeviceMode: publish = "device" makes one record per cycle on
+// P/DEVICE, with every tag, a failed one included.
+func TestSinkDeviceMode(t *testing.T) {
+	blog, err := buffer.Open(t.TempDir(), buffer.Options{Sync: buffer.SyncNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blog.Close()
+	cfg := sinkConfig()
+	cfg.Modbus[0].Publish = config.PublishDevice
+	s := newSink(cfg, blog, &stateLog{}, slog.New(slog.DiscardHandler))
+	t0 := time.Date(2026, 11, 25, 21, 0, 0, 123e6, time.UTC)
+	t1 := t0.Add(5 * time.Millisecond)
+	s.Readings([]adapters.Reading{
+		{Device: "plc1", Tag: "temp", Value: adapters.FloatValue(23.5), Time: t0},
+		{Device: "plc1", Tag: "level", Value: adapters.BoolValue(true), Time: t1},
+		{Device: "plc1", Tag: `odd"name`, Quality: adapters.Bad, Err: "timeout", Time: t0},
+	})
+	if blog.NextSeq() != 2 {
+		t.Fatalf("NextSeq %d, want 2: one record per cycle", blog.NextSeq())
+	}
+	want := `{"ts":"2026-11-25T21:00:00.128Z","values":{` +
+		`"temp":{"value":23.5,"quality":"good","ts":"2026-11-25T21:00:00.123Z"},` +
+		`"level":{"value":true,"quality":"good","ts":"2026-11-25T21:00:00.128Z"},` +
+		`"odd\"name":{"value":null,"quality":"bad","ts":"2026-11-25T21:00:00.123Z","error":"timeout"}},"seq":1}`
+	_, err = blog.Scan(1, 1, func(seq uint64, data []byte) error {
+		m, err := record.Decode(data)
+		if err != nil {
+			return err
+		}
+		if m.Topic != "plant/l1/plc1" || string(m.AppendPayload(nil, seq)) != want {
+			t.Errorf("topic %q payload\n%s\nwant %q\n%s", m.Topic, m.AppendPayload(nil, seq), "plant/l1/plc1", want)
+		}
+		if !json.Valid(m.AppendPayload(nil, seq)) {
+			t.Error("payload is not valid JSON")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// BenchmarkSinkModes compares the encode cost per reading of a 100-tag
+// cycle in tag and device mode (no disk: a discarding appender).
+func BenchmarkSinkModes(b *testing.B) {
+	for _, mode := range []string{config.PublishTag, config.PublishDevice} {
+		b.Run(mode, func(b *testing.B) {
+			cfg := &config.Config{MQTT: config.MQTT{TopicPrefix: "plant/l1"}}
+			dev := config.ModbusDevice{Name: "plc1", Publish: mode}
+			rs := make([]adapters.Reading, 100)
+			for i := range rs {
+				name := "tag" + strconv.Itoa(i)
+				dev.Tags = append(dev.Tags, config.ModbusTag{Name: name})
+				rs[i] = adapters.Reading{Device: "plc1", Tag: name, Value: adapters.FloatValue(float64(i) * 1.5), Time: time.Now()}
+			}
+			cfg.Modbus = []config.ModbusDevice{dev}
+			s := newSink(cfg, discard{}, &stateLog{}, slog.New(slog.DiscardHandler))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				s.Readings(rs)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(rs)), "ns/reading")
+		})
+	}
+}
+
+type discard struct{}
+
+func (discard) Append(...[]byte) (uint64, error) { return 1, nil }

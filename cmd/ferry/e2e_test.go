@@ -77,6 +77,45 @@ func (p *ferryProc) kill9(t *testing.T) {
 	p.done <- nil // for the cleanup
 }
 
+// tagReading is one reading as a consumer sees it, whatever the publish
+// mode: topic is P/DEVICE/TAG, Seq the seq of the message that carried it.
+type tagReading struct {
+	topic string
+	payload
+}
+
+// tagReadings returns the readings carried by a telemetry message (none for
+// status messages): one for P/DEVICE/TAG, one per tag for P/DEVICE.
+func tagReadings(t *testing.T, m mosquittotest.Message) []tagReading {
+	t.Helper()
+	if strings.HasSuffix(m.Topic, "/status") {
+		return nil
+	}
+	if strings.Count(m.Topic, "/") == 3 { // plant/e2e/DEVICE/TAG
+		var p payload
+		if err := json.Unmarshal(m.Payload, &p); err != nil || p.Seq == nil {
+			t.Errorf("%s: bad payload %s: %v", m.Topic, m.Payload, err)
+			return nil
+		}
+		return []tagReading{{m.Topic, p}}
+	}
+	var d struct {
+		TS     string             `json:"ts"`
+		Seq    *uint64            `json:"seq"`
+		Values map[string]payload `json:"values"`
+	}
+	if err := json.Unmarshal(m.Payload, &d); err != nil || d.Seq == nil || d.TS == "" || len(d.Values) == 0 {
+		t.Errorf("%s: bad device payload %s: %v", m.Topic, m.Payload, err)
+		return nil
+	}
+	var out []tagReading
+	for tag, p := range d.Values {
+		p.Seq = d.Seq
+		out = append(out, tagReading{m.Topic + "/" + tag, p})
+	}
+	return out
+}
+
 // payload is the telemetry JSON of CONTRACT.md.
 type payload struct {
 	Value   any     `json:"value"`
@@ -102,8 +141,15 @@ func writeConfig(t *testing.T, text string) string {
 // binary with its disk buffer, and a real mosquitto. It checks decoded
 // values and seq numbering, then kills ferry with SIGKILL, restarts it, and
 // checks that seq continues: consecutive, never reused for a different
-// reading, and no reading lost.
+// reading, and no reading lost. It runs in both publish modes: per tag
+// (P/DEVICE/TAG) and per device (P/DEVICE, one message per cycle).
 func TestEndToEnd(t *testing.T) {
+	for _, mode := range []string{"tag", "device"} {
+		t.Run(mode, func(t *testing.T) { testEndToEnd(t, mode) })
+	}
+}
+
+func testEndToEnd(t *testing.T, mode string) {
 	broker := mosquittotest.Start(t)
 	sim := modbustest.New(t)
 	sim.SetHolding(0, 1234)                                      // uint16
@@ -123,6 +169,7 @@ state_dir = %q
 url = %q
 topic_prefix = "plant/e2e"
 qos = 1
+publish = %q
 
 [buffer]
 sync = "batch"
@@ -174,7 +221,7 @@ max_gap = 0
   table = "holding"
   address = 40
   type = "uint16"
-`, state, broker.URL(), sim.URL()))
+`, state, broker.URL(), mode, sim.URL()))
 
 	sub := mosquittotest.Subscribe(t, broker.URL(), "plant/e2e/#", 1)
 	first := startFerry(t, "run", "-config", path)
@@ -188,29 +235,32 @@ max_gap = 0
 	}
 	seen := map[string]bool{}
 	_, err := sub.WaitFor(30*time.Second, func(m mosquittotest.Message) bool {
-		if w, ok := want[m.Topic]; ok {
-			var p payload
-			if err := json.Unmarshal(m.Payload, &p); err != nil {
-				t.Errorf("%s: payload %s: %v", m.Topic, m.Payload, err)
-				return true
+		for _, r := range tagReadings(t, m) {
+			if w, ok := want[r.topic]; ok {
+				if r.Value != w || r.Quality != "good" {
+					t.Errorf("%s: got %+v, want value %v and quality good", r.topic, r.payload, w)
+				}
+				seen[r.topic] = true
 			}
-			if p.Value != w || p.Quality != "good" {
-				t.Errorf("%s: got %s, want value %v and quality good", m.Topic, m.Payload, w)
-			}
-			seen[m.Topic] = true
 		}
 		return len(seen) == len(want)
 	})
 	if err != nil {
 		t.Fatalf("not every tag arrived: %v (seen %v)", err, seen)
 	}
-	if m, err := sub.WaitFor(10*time.Second, func(m mosquittotest.Message) bool { return m.Topic == "plant/e2e/plc1/missing" }); err != nil {
-		t.Errorf("the tag at an illegal address published nothing: %v", err)
-	} else {
-		var p payload
-		if err := json.Unmarshal(m.Payload, &p); err != nil || p.Quality != "bad" || p.Value != nil || p.Error == "" {
-			t.Errorf("illegal address: got %s, want quality bad, value null and an error", m.Payload)
+	var missing *tagReading
+	if _, err := sub.WaitFor(10*time.Second, func(m mosquittotest.Message) bool {
+		for _, r := range tagReadings(t, m) {
+			if r.topic == "plant/e2e/plc1/missing" {
+				missing = &r
+				return true
+			}
 		}
+		return false
+	}); err != nil {
+		t.Errorf("the tag at an illegal address published nothing: %v", err)
+	} else if missing.Quality != "bad" || missing.Value != nil || missing.Error == "" {
+		t.Errorf("illegal address: got %+v, want quality bad, value null and an error", missing.payload)
 	}
 	if m, err := sub.WaitFor(10*time.Second, func(m mosquittotest.Message) bool { return m.Topic == "plant/e2e/status" }); err != nil {
 		t.Errorf("no gateway status: %v", err)
@@ -229,7 +279,12 @@ max_gap = 0
 	sim.SetHolding(0, 4321) // readings after the restart are new readings
 	second := startFerry(t, "run", "-config", path)
 	if _, err := sub.WaitFor(30*time.Second, func(m mosquittotest.Message) bool {
-		return m.Topic == "plant/e2e/plc1/count" && strings.Contains(string(m.Payload), `"value":4321`)
+		for _, r := range tagReadings(t, m) {
+			if r.topic == "plant/e2e/plc1/count" && r.Value == 4321.0 {
+				return true
+			}
+		}
+		return false
 	}); err != nil {
 		t.Fatalf("no reading after the restart: %v", err)
 	}
@@ -262,21 +317,20 @@ max_gap = 0
 	// seq of the first run.
 	bySeq := map[uint64]string{}
 	for _, m := range sub.Messages() {
-		if !strings.HasPrefix(m.Topic, "plant/e2e/plc1/") || strings.HasSuffix(m.Topic, "/status") {
-			continue
+		rs := tagReadings(t, m)
+		if len(rs) == 0 {
+			continue // status
 		}
-		var p payload
-		if err := json.Unmarshal(m.Payload, &p); err != nil || p.Seq == nil {
-			t.Fatalf("%s: bad payload %s: %v", m.Topic, m.Payload, err)
-		}
-		s := *p.Seq
+		s := *rs[0].Seq
 		key := m.Topic + " " + string(m.Payload)
 		if prev, ok := bySeq[s]; ok && prev != key {
 			t.Errorf("seq %d reused:\n  %s\n  %s", s, prev, key)
 		}
 		bySeq[s] = key
-		if v, ok := p.Value.(float64); ok && m.Topic == "plant/e2e/plc1/count" && v == 4321 && s <= maxBefore {
-			t.Errorf("a reading taken after the restart got seq %d, not above %d", s, maxBefore)
+		for _, r := range rs {
+			if r.topic == "plant/e2e/plc1/count" && r.Value == 4321.0 && s <= maxBefore {
+				t.Errorf("a reading taken after the restart got seq %d, not above %d", s, maxBefore)
+			}
 		}
 	}
 	for s := uint64(1); s <= top; s++ {

@@ -122,6 +122,11 @@ type ModbusDevice struct {
 	OneRequestPerTag       bool   // for picky devices
 	Order                  string // default byte/word order of its tags
 	Publish                string // "tag" or "device"; defaults to mqtt.publish
+	Retries                int    // re-sends of a request after a timeout or a busy/gateway exception
+	// MergeRetry is how long a request split after a Modbus exception stays
+	// split before the whole request is tried again; 0 keeps it split until
+	// restart.
+	MergeRetry time.Duration
 	// Serial line settings (rtu:// only).
 	Speed    int
 	DataBits int
@@ -148,7 +153,17 @@ type ModbusTag struct {
 	Verify           bool
 	MinWriteInterval time.Duration
 	Retain           bool
+	// Report by exception.
+	OnChange  bool          // publish = "change": only changes (and quality changes) are delivered
+	Deadband  float64       // absolute; a numeric change must exceed it (publish = "change")
+	Heartbeat time.Duration // with OnChange: deliver at least this often anyway; 0 never
 }
+
+// Tag publish modes (modbus.tag.publish).
+const (
+	TagPublishAlways = "always"
+	TagPublishChange = "change"
+)
 
 // Registers returns how many 16-bit registers (or bits, for coil and
 // discrete tables) the tag occupies.

@@ -60,6 +60,7 @@ func TestLoadFull(t *testing.T) {
 				Name: "plc1", URL: "tcp://10.0.0.5:502", Unit: 1,
 				Interval: time.Second, Timeout: 500 * time.Millisecond,
 				MaxGap: 10, MaxRegistersPerRequest: 125, Order: "ABCD", Publish: "tag",
+				Retries: 2, MergeRetry: 5 * time.Minute,
 				Speed: 19200, DataBits: 8, Parity: "none", StopBits: 1,
 				Tags: []ModbusTag{
 					{
@@ -70,13 +71,15 @@ func TestLoadFull(t *testing.T) {
 					{Name: "door_open", Table: "holding", Address: 7, Type: "bool", Order: "ABCD", Bit: 3, Scale: 1, Interval: time.Second},
 					{Name: "recipe", Table: "holding", Address: 120, Type: "string", Order: "ABCD", Bit: -1, Length: 8, Scale: 1, Interval: time.Second},
 					{Name: "pump_run", Table: "coil", Address: 0, Type: "bool", Order: "ABCD", Bit: -1, Scale: 1, Interval: time.Second, Writable: true},
-					{Name: "flow", Table: "input", Address: 30, Type: "uint16", Order: "ABCD", Bit: -1, Scale: 1, Interval: time.Second},
+					{Name: "flow", Table: "input", Address: 30, Type: "uint16", Order: "ABCD", Bit: -1, Scale: 1, Interval: time.Second,
+						OnChange: true, Deadband: 5, Heartbeat: time.Minute},
 				},
 			},
 			{
 				Name: "meter1", URL: "rtu:///dev/ttyUSB0", Unit: 17,
 				Interval: 2 * time.Second, Timeout: time.Second,
 				MaxGap: 10, MaxRegistersPerRequest: 125, Order: "ABCD", Publish: "device",
+				Retries: 1, MergeRetry: 10 * time.Minute,
 				Speed: 19200, DataBits: 8, Parity: "even", StopBits: 1,
 				Tags: []ModbusTag{
 					{Name: "energy_kwh", Table: "input", Address: 0, Type: "uint64", Order: "DCBA", Bit: -1, Scale: 1, Interval: 2 * time.Second},
@@ -137,6 +140,9 @@ func TestDefaults(t *testing.T) {
 	m := c.Modbus[0]
 	if m.Unit != 1 || m.Interval != time.Second || m.Publish != "tag" || m.Tags[0].Order != "ABCD" || m.Tags[0].Bit != -1 || m.Tags[0].Scale != 1 || m.Tags[0].Interval != time.Second {
 		t.Errorf("modbus defaults: %+v", m)
+	}
+	if m.Retries != 1 || m.MergeRetry != 10*time.Minute || m.Tags[0].OnChange || m.Tags[0].Deadband != 0 || m.Tags[0].Heartbeat != 0 {
+		t.Errorf("modbus retry / report-by-exception defaults: %+v", m)
 	}
 	o := c.OPCUA[0]
 	if o.SecurityMode != "SignAndEncrypt" || o.SamplingInterval != time.Second || o.Tags[0].SamplingInterval != time.Second || o.QueueSize != 1 {

@@ -37,10 +37,12 @@ func (d *decoder) decode(root map[string]any) *Config {
 	}
 
 	devices := map[string]int{} // device name -> line of first definition
+	links := map[string]ModbusDevice{}
 	for _, t := range top.array("modbus") {
 		dev, s := d.modbusDevice(t, &c.MQTT, devices)
 		c.Modbus = append(c.Modbus, dev)
 		set.modbus = append(set.modbus, s)
+		checkSharedLink(t, links, dev)
 	}
 	for _, t := range top.array("opcua") {
 		dev, s := d.opcuaDevice(t, devices)
@@ -263,6 +265,8 @@ func (d *decoder) modbusDevice(t *table, mq *MQTT, devices map[string]int) (Modb
 	t.intv("data_bits", &dev.DataBits, 5, 8)
 	t.oneOf("parity", &dev.Parity, "none", "even", "odd")
 	t.intv("stop_bits", &dev.StopBits, 1, 2)
+	t.intv("retries", &dev.Retries, 0, 10)
+	t.duration("merge_retry", &dev.MergeRetry)
 	if scheme != "" && scheme != "rtu" {
 		for _, k := range modbusSerialKey {
 			if t.has(k) {
@@ -279,6 +283,23 @@ func (d *decoder) modbusDevice(t *table, mq *MQTT, devices map[string]int) (Modb
 	}
 	t.finish()
 	return dev, set
+}
+
+// checkSharedLink: devices with the same url share one connection (several
+// unit ids behind one serial line or TCP gateway), so their serial settings
+// must agree.
+func checkSharedLink(t *table, links map[string]ModbusDevice, dev ModbusDevice) {
+	if dev.URL == "" {
+		return
+	}
+	first, ok := links[dev.URL]
+	if !ok {
+		links[dev.URL] = dev
+		return
+	}
+	if first.Speed != dev.Speed || first.DataBits != dev.DataBits || first.Parity != dev.Parity || first.StopBits != dev.StopBits {
+		t.errf("url", "shares %q with device %q (one connection), but its serial settings differ: speed, data_bits, parity and stop_bits must match", dev.URL, first.Name)
+	}
 }
 
 func isRegisterTable(table string) bool { return table == TableHolding || table == TableInput }
@@ -316,6 +337,21 @@ func (d *decoder) modbusTag(t *table, dev *ModbusDevice, seen map[string]int) (M
 	t.boolean("verify", &tag.Verify)
 	t.duration("min_write_interval", &tag.MinWriteInterval)
 	set.retain = t.boolean("retain", &tag.Retain)
+	var publish string
+	if t.oneOf("publish", &publish, TagPublishAlways, TagPublishChange) {
+		tag.OnChange = publish == TagPublishChange
+	}
+	if t.float("deadband", &tag.Deadband) && tag.Deadband < 0 {
+		t.errf("deadband", "must not be negative")
+	}
+	t.duration("heartbeat", &tag.Heartbeat)
+	if !tag.OnChange {
+		for _, k := range []string{"deadband", "heartbeat"} {
+			if t.has(k) {
+				t.errf(k, "only applies with publish = \"change\"")
+			}
+		}
+	}
 
 	if !tableOK || !typeOK {
 		t.finish()
@@ -368,7 +404,7 @@ func (d *decoder) modbusTag(t *table, dev *ModbusDevice, seen map[string]int) (M
 		}
 	}
 	if !numeric {
-		for _, k := range []string{"scale", "offset", "min", "max"} {
+		for _, k := range []string{"scale", "offset", "min", "max", "deadband"} {
 			if t.has(k) {
 				t.errf(k, "only applies to numeric types, not %s", tag.Type)
 			}

@@ -43,6 +43,8 @@ import "time"
 //	modbus.one_request_per_tag           false
 //	modbus.order                         "ABCD"
 //	modbus.publish                       mqtt.publish
+//	modbus.retries                       1 (re-sends after a timeout, busy or gateway exception)
+//	modbus.merge_retry                   "10m" (a request split after an exception is tried whole again; "0s" never)
 //	modbus.speed                         19200 (rtu:// only)
 //	modbus.data_bits                     8
 //	modbus.parity                        "none"
@@ -59,6 +61,9 @@ import "time"
 //	modbus.tag.verify                    false
 //	modbus.tag.min_write_interval        "0s" (no rate limit)
 //	modbus.tag.retain                    mqtt.retain
+//	modbus.tag.publish                   "always" ("change": report by exception)
+//	modbus.tag.deadband                  0 (publish = "change": any change)
+//	modbus.tag.heartbeat                 "0s" (publish = "change": no heartbeat)
 //	opcua.name, endpoint                 (required)
 //	opcua.security_policy                "None"
 //	opcua.security_mode                  "None", or "SignAndEncrypt" when security_policy is not "None"
@@ -133,6 +138,8 @@ func defaultModbusDevice() ModbusDevice {
 		DataBits:               8,
 		Parity:                 "none",
 		StopBits:               1,
+		Retries:                1,
+		MergeRetry:             10 * time.Minute,
 	}
 }
 

@@ -49,8 +49,16 @@ type TagRef struct {
 
 type class struct {
 	interval time.Duration
-	names    []string // tags of the class in config order: the slots of a cycle's readings
+	names    []string    // tags of the class in config order: the slots of a cycle's readings
+	rbe      []rbeConfig // per slot
 	reqs     []*request
+}
+
+// rbeConfig is a tag's report-by-exception setting.
+type rbeConfig struct {
+	onChange  bool
+	deadband  float64
+	heartbeat time.Duration
 }
 
 type request struct {
@@ -135,6 +143,7 @@ func Compile(dev config.ModbusDevice) (*Plan, error) {
 			name: t.Name, slot: len(c.names), offset: int(t.Address), bit: bit, dec: dec,
 		}})
 		c.names = append(c.names, t.Name)
+		c.rbe = append(c.rbe, rbeConfig{onChange: t.OnChange, deadband: t.Deadband, heartbeat: t.Heartbeat})
 	}
 	slices.SortStableFunc(p.classes, func(a, b *class) int { return cmp.Compare(a.interval, b.interval) })
 
@@ -182,10 +191,27 @@ type group struct {
 }
 
 // coalesce is the planner: it groups spans into requests of at most limit
-// registers, joining neighbours separated by at most maxGap unread
-// registers. It is a greedy sweep over spans sorted by address, which is
-// minimal for disjoint spans but not always with nested ones; a provably
-// minimal planner replaces this one function.
+// registers, each covering whole spans, such that inside a request no run
+// of more than maxGap registers is covered by none of its spans. It sweeps
+// the spans sorted by start (longest first on ties), adding each to the
+// last request when the result stays valid, else opening a new one.
+//
+// The result is minimal: no valid grouping has fewer requests. Proof. Let
+// x1, x2, ..., xk be the spans that opened the sweep's groups G1..Gk, and
+// end(G) the largest end of a group's spans. (a) Group ends strictly
+// increase: x(j+1) was refused by Gj, and a span starting at or after
+// Gj's start that ends by end(Gj) fits Gj (no longer, no new hole), so
+// x(j+1) ends after end(Gj). Hence every span that starts before x(j+1)
+// ends by end(Gj). (b) No valid request holds two openers xi and xm, i < m:
+// xm was refused by G(m-1) either because xm.end - start(G(m-1)) > limit,
+// and xi starts no later than G(m-1), so a request holding both is too
+// long; or because xm starts more than maxGap registers after end(G(m-1)),
+// and by (a) no span at all covers that run, while xi starts before it, so
+// a request holding both contains a hole longer than maxGap. So any valid
+// grouping needs at least k requests, the sweep's count. Nested and
+// overlapping spans are covered by the argument (that is why it uses
+// end(G), not the end of the last span). TestCoalesceMinimal checks the
+// claim against an exhaustive search on thousands of random maps.
 func coalesce(spans []span, maxGap, limit int, perSpan bool) []group {
 	spans = slices.Clone(spans)
 	slices.SortStableFunc(spans, func(a, b span) int {

@@ -1,8 +1,10 @@
-// Package modbustest is an in-process Modbus TCP device simulator for tests
+// Package modbustest is an in-process Modbus device simulator for tests
 // and for ferry demo: four thread-safe banks (holding, input, coil,
 // discrete; 65536 entries each), typed setters in any byte order, and fault
-// injection (server down, slow responses, exception ranges) with a request
-// counter.
+// injection (server down, slow responses, exception ranges, units that do
+// not answer) with a request counter. It answers Modbus TCP on a loopback
+// port, and Modbus RTU on any byte stream (ServeRTU): a pseudo-terminal
+// (ServeRTUFile, PtyPair) or RTU over TCP (ListenRTUOverTCP).
 package modbustest
 
 import (
@@ -46,8 +48,18 @@ type Server struct {
 	closed     bool
 	wake       chan struct{} // closed (and renewed) by SetDown(true) and Close to cut delays short
 
-	srv      *mb.ModbusServer // guarded by mu
-	requests atomic.Int64
+	units     map[uint8]bool          // nil: every unit answers
+	unitDelay map[uint8]time.Duration // extra delay per unit
+
+	srv         *mb.ModbusServer // guarded by mu
+	requests    atomic.Int64
+	inflight    atomic.Int64
+	maxInflight atomic.Int64
+
+	rtuMu     sync.Mutex
+	rtuClosed bool
+	rtuClose  []io.Closer // listeners, connections, serial files
+	rtuWG     sync.WaitGroup
 }
 
 type exception struct {
@@ -148,7 +160,7 @@ func (s *Server) Port() int {
 	return n
 }
 
-// Close stops the simulator and drops every connection.
+// Close stops the simulator and drops every connection (RTU ones too).
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -159,7 +171,43 @@ func (s *Server) Close() error {
 	close(s.wake)
 	srv := s.srv
 	s.mu.Unlock()
-	return srv.Stop()
+	err := srv.Stop()
+	s.closeRTU()
+	return err
+}
+
+// SetUnits makes only the given unit ids answer, as the devices behind a
+// gateway or on a serial line: a request for another unit gets the
+// exception "gateway target device failed to respond" over Modbus TCP and
+// no answer at all over RTU. No argument: every unit answers again.
+func (s *Server) SetUnits(units ...uint8) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(units) == 0 {
+		s.units = nil
+		return
+	}
+	s.units = map[uint8]bool{}
+	for _, u := range units {
+		s.units[u] = true
+	}
+}
+
+// SetUnitDelay delays the responses to unit by d (on top of SetDelay).
+func (s *Server) SetUnitDelay(unit uint8, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unitDelay == nil {
+		s.unitDelay = map[uint8]time.Duration{}
+	}
+	s.unitDelay[unit] = d
+}
+
+// answers reports whether unit answers.
+func (s *Server) answers(unit uint8) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.units == nil || s.units[unit]
 }
 
 // SetDown(true) stops listening and drops every connection, as a device
@@ -229,6 +277,21 @@ func (s *Server) ClearExceptions() {
 // Requests is the number of requests handled so far (reads and writes,
 // exceptions included).
 func (s *Server) Requests() int64 { return s.requests.Load() }
+
+// MaxInFlight is the largest number of requests the simulator was handling
+// at the same time (over all connections).
+func (s *Server) MaxInFlight() int64 { return s.maxInflight.Load() }
+
+func (s *Server) enter() func() {
+	n := s.inflight.Add(1)
+	for {
+		m := s.maxInflight.Load()
+		if n <= m || s.maxInflight.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	return func() { s.inflight.Add(-1) }
+}
 
 // SetRegisters sets consecutive registers of table (holding or input) from
 // addr on. Values past 65535 are dropped.
@@ -360,11 +423,15 @@ func mustTable(table string) {
 
 // begin counts a request, applies the delay and the exceptions. It returns
 // with mu held when err is nil.
-func (s *Server) begin(table string, addr, qty uint16) error {
+func (s *Server) begin(unit uint8, table string, addr, qty uint16) error {
 	s.requests.Add(1)
 	s.mu.Lock()
-	d, wake := s.delay, s.wake
+	d, wake := s.delay+s.unitDelay[unit], s.wake
+	ok := s.units == nil || s.units[unit]
 	s.mu.Unlock()
+	if !ok {
+		return mb.ErrGWTargetFailedToRespond
+	}
 	if d > 0 {
 		t := time.NewTimer(d)
 		select {
@@ -388,24 +455,25 @@ func (s *Server) begin(table string, addr, qty uint16) error {
 type handler struct{ s *Server }
 
 func (h handler) HandleCoils(req *mb.CoilsRequest) ([]bool, error) {
-	return h.bitsReq(config.TableCoil, req.Addr, req.Quantity, req.IsWrite, req.Args)
+	return h.bitsReq(req.UnitId, config.TableCoil, req.Addr, req.Quantity, req.IsWrite, req.Args)
 }
 
 func (h handler) HandleDiscreteInputs(req *mb.DiscreteInputsRequest) ([]bool, error) {
-	return h.bitsReq(config.TableDiscrete, req.Addr, req.Quantity, false, nil)
+	return h.bitsReq(req.UnitId, config.TableDiscrete, req.Addr, req.Quantity, false, nil)
 }
 
 func (h handler) HandleHoldingRegisters(req *mb.HoldingRegistersRequest) ([]uint16, error) {
-	return h.regsReq(config.TableHolding, req.Addr, req.Quantity, req.IsWrite, req.Args)
+	return h.regsReq(req.UnitId, config.TableHolding, req.Addr, req.Quantity, req.IsWrite, req.Args)
 }
 
 func (h handler) HandleInputRegisters(req *mb.InputRegistersRequest) ([]uint16, error) {
-	return h.regsReq(config.TableInput, req.Addr, req.Quantity, false, nil)
+	return h.regsReq(req.UnitId, config.TableInput, req.Addr, req.Quantity, false, nil)
 }
 
-func (h handler) bitsReq(table string, addr, qty uint16, write bool, args []bool) ([]bool, error) {
+func (h handler) bitsReq(unit uint8, table string, addr, qty uint16, write bool, args []bool) ([]bool, error) {
 	s := h.s
-	if err := s.begin(table, addr, qty); err != nil {
+	defer s.enter()()
+	if err := s.begin(unit, table, addr, qty); err != nil {
 		return nil, err
 	}
 	defer s.mu.Unlock()
@@ -420,9 +488,10 @@ func (h handler) bitsReq(table string, addr, qty uint16, write bool, args []bool
 	return append([]bool(nil), b[addr:int(addr)+int(qty)]...), nil
 }
 
-func (h handler) regsReq(table string, addr, qty uint16, write bool, args []uint16) ([]uint16, error) {
+func (h handler) regsReq(unit uint8, table string, addr, qty uint16, write bool, args []uint16) ([]uint16, error) {
 	s := h.s
-	if err := s.begin(table, addr, qty); err != nil {
+	defer s.enter()()
+	if err := s.begin(unit, table, addr, qty); err != nil {
 		return nil, err
 	}
 	defer s.mu.Unlock()

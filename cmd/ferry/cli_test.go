@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -12,7 +11,9 @@ import (
 
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errb bytes.Buffer
+	// Locked: goroutines of a command (the demo's embedded broker) may
+	// still write a log line while the command returns.
+	var out, errb lockedBuffer
 	code = dispatch(context.Background(), args, &out, &errb)
 	return code, out.String(), errb.String()
 }

@@ -53,6 +53,9 @@ const (
 	UintKind
 	FloatKind
 	StringKind
+	// JSONKind holds a pre-encoded JSON text, for values that are neither
+	// a number, a bool nor a string (OPC UA arrays and structures).
+	JSONKind
 )
 
 // Value is a decoded tag value. It holds a bool, int64, uint64, float64 or
@@ -83,6 +86,10 @@ func FloatValue(f float64) Value { return Value{kind: FloatKind, bits: math.Floa
 
 // StringValue returns a Value holding s.
 func StringValue(s string) Value { return Value{kind: StringKind, str: s} }
+
+// JSONValue returns a Value holding raw, which must be one valid JSON
+// value (an array, an object, ...). It is written out verbatim.
+func JSONValue(raw string) Value { return Value{kind: JSONKind, str: raw} }
 
 // Kind reports what v holds.
 func (v Value) Kind() Kind { return v.kind }
@@ -120,7 +127,20 @@ func (v Value) Float() float64 {
 }
 
 // Str returns the string held by v ("" unless Kind is StringKind).
-func (v Value) Str() string { return v.str }
+func (v Value) Str() string {
+	if v.kind != StringKind {
+		return ""
+	}
+	return v.str
+}
+
+// JSON returns the raw JSON text held by v ("" unless Kind is JSONKind).
+func (v Value) JSON() string {
+	if v.kind != JSONKind {
+		return ""
+	}
+	return v.str
+}
 
 // AppendJSON appends v as a JSON value. NaN and ±Inf, which JSON cannot
 // represent, are written as null.
@@ -140,6 +160,8 @@ func (v Value) AppendJSON(b []byte) []byte {
 		return strconv.AppendFloat(b, f, 'g', -1, 64)
 	case StringKind:
 		return AppendJSONString(b, v.str)
+	case JSONKind:
+		return append(b, v.str...)
 	}
 	return append(b, "null"...)
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ferry-gateway/ferry/adapters/modbus"
+	"github.com/ferry-gateway/ferry/adapters/opcua"
 	"github.com/ferry-gateway/ferry/buffer"
 	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/gateway/mqtt"
@@ -72,13 +73,20 @@ func Run(ctx context.Context, cfg *config.Config, opts Options) error {
 	}
 	sink := newSink(cfg, blog, pub, logger)
 
-	pollers := make([]*modbus.Poller, 0, len(cfg.Modbus))
+	pollers := make([]interface{ Run(context.Context) error }, 0, len(cfg.Modbus)+len(cfg.OPCUA))
 	for _, dev := range cfg.Modbus {
 		p, err := modbus.NewPoller(dev, sink, logger)
 		if err != nil {
 			return fmt.Errorf("modbus device %q: %w", dev.Name, err)
 		}
 		pollers = append(pollers, p)
+	}
+	for _, dev := range cfg.OPCUA {
+		c, err := opcua.NewClient(dev, cfg.Gateway.StateDir, sink, logger)
+		if err != nil {
+			return fmt.Errorf("opcua device %q: %w", dev.Name, err)
+		}
+		pollers = append(pollers, c)
 	}
 	warnUnsupported(cfg, logger)
 
@@ -169,9 +177,6 @@ func bufferOptions(b config.Buffer, logger *slog.Logger) buffer.Options {
 // accepts in the config but does not act on yet, so nobody believes a
 // setting is in force when it is not.
 func warnUnsupported(cfg *config.Config, logger *slog.Logger) {
-	if len(cfg.OPCUA) > 0 {
-		logger.Warn("opcua devices are configured but this build has no OPC UA adapter yet; they are not polled", "devices", len(cfg.OPCUA))
-	}
 	if cfg.Metrics.Listen != "" {
 		logger.Warn("metrics.listen is set but this build serves no metrics endpoint yet", "listen", cfg.Metrics.Listen)
 	}

@@ -112,6 +112,9 @@ func TestDemo(t *testing.T) {
 		`"value":"PUMP-A","quality":"good"`,
 		`ferry/demo/status`,
 		`"online":true`,
+		`ferry/demo/cnc1/status`,
+		`ferry/demo/cnc1/spindle_speed`,
+		`"value":"O1000-BRACKET","quality":"good"`,
 		`"seq":1}`,
 	} {
 		if !strings.Contains(stdout, want) {

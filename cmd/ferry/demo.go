@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -16,13 +17,15 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ferry-gateway/ferry/adapters/modbus/modbustest"
+	"github.com/ferry-gateway/ferry/adapters/opcua/opcuatest"
 	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/gateway"
 )
 
 // demoConfig is the config the demo runs, in the same TOML a user writes;
-// %s are the simulator URL, the broker URL and the state directory.
-const demoConfig = `# ferry demo: an in-process Modbus simulator and an embedded MQTT 5 broker.
+// %s are the state directory, the broker URL, the Modbus simulator URL and
+// the OPC UA simulator URL.
+const demoConfig = `# ferry demo: in-process Modbus and OPC UA simulators and an embedded MQTT 5 broker.
 [gateway]
 id = "demo"
 state_dir = %q
@@ -88,6 +91,37 @@ timeout = "500ms"
   table = "coil"
   address = 0
   type = "bool"
+
+[[opcua]]
+name = "cnc1"
+endpoint = %q
+security_policy = "None"
+mode = "subscribe"
+publishing_interval = "500ms"
+
+  [[opcua.tag]]
+  name = "spindle_speed"
+  node = "nsu=urn:ferry:opcuatest;s=Spindle.Speed"
+
+  [[opcua.tag]]
+  name = "part_count"
+  node = "nsu=urn:ferry:opcuatest;s=Parts.Count"
+
+  [[opcua.tag]]
+  name = "program"
+  node = "nsu=urn:ferry:opcuatest;s=Program.Name"
+
+  [[opcua.tag]]
+  name = "axes"
+  node = "nsu=urn:ferry:opcuatest;s=Axes.Position"
+
+  [[opcua.tag]]
+  name = "door_open"
+  node = "nsu=urn:ferry:opcuatest;s=Door.Open"
+
+  [[opcua.tag]]
+  name = "last_cycle"
+  node = "nsu=urn:ferry:opcuatest;s=Cycle.LastStart"
 `
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -97,24 +131,21 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if code := parseFlags(fs, args, 0); code >= 0 {
 		return code
 	}
-	if *duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *duration)
-		defer cancel()
-	}
 	level := slog.LevelWarn
 	if *verbose {
 		level = slog.LevelInfo
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	if err := runDemo(ctx, stdout, logger); err != nil {
+	if err := runDemo(ctx, *duration, stdout, logger); err != nil {
 		fmt.Fprintf(stderr, "ferry demo: %v\n", err)
 		return exitFailure
 	}
 	return exitOK
 }
 
-func runDemo(ctx context.Context, stdout io.Writer, logger *slog.Logger) error {
+// runDemo runs the demo until ctx is done or, when duration > 0, until
+// duration has passed since the gateway became ready.
+func runDemo(ctx context.Context, duration time.Duration, stdout io.Writer, logger *slog.Logger) error {
 	stateDir, err := os.MkdirTemp("", "ferry-demo-")
 	if err != nil {
 		return err
@@ -132,14 +163,25 @@ func runDemo(ctx context.Context, stdout io.Writer, logger *slog.Logger) error {
 		return fmt.Errorf("modbus simulator: %w", err)
 	}
 	defer sim.Close()
+	// gopcua logs through the standard logger; the demo shows MQTT only.
+	prevLog := log.Writer()
+	log.SetOutput(io.Discard)
+	defer log.SetOutput(prevLog)
+	uaSim := opcuatest.NewDemo()
+	if err := uaSim.Start(); err != nil {
+		return fmt.Errorf("opcua simulator: %w", err)
+	}
+	defer uaSim.Close()
+
 	simCtx, stopSim := context.WithCancel(ctx)
 	var simDone sync.WaitGroup
 	simDone.Go(func() { _ = sim.RunDemo(simCtx) })
+	simDone.Go(func() { _ = uaSim.RunDemo(simCtx) })
 	defer simDone.Wait()
 	defer stopSim()
 
 	path := filepath.Join(stateDir, "ferry.toml")
-	text := fmt.Sprintf(demoConfig, filepath.Join(stateDir, "state"), brokerURL, sim.URL())
+	text := fmt.Sprintf(demoConfig, filepath.Join(stateDir, "state"), brokerURL, sim.URL(), uaSim.URL())
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		return err
 	}
@@ -158,9 +200,16 @@ func runDemo(ctx context.Context, stdout io.Writer, logger *slog.Logger) error {
 		return fmt.Errorf("subscribe: %w", err)
 	}
 
-	fmt.Fprintf(stdout, "ferry demo: Modbus simulator at %s, MQTT 5 broker at %s, buffer in %s\n", sim.URL(), brokerURL, stateDir)
+	fmt.Fprintf(stdout, "ferry demo: Modbus simulator at %s, OPC UA simulator at %s, MQTT 5 broker at %s, buffer in %s\n", sim.URL(), uaSim.URL(), brokerURL, stateDir)
 	fmt.Fprintf(stdout, "ferry demo: subscribed to %s/# — Ctrl-C stops\n\n", cfg.MQTT.TopicPrefix)
-	return gateway.Run(ctx, cfg, gateway.Options{Logger: logger, Version: version, ShutdownGrace: 2 * time.Second})
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	ready := func() {
+		if duration > 0 {
+			time.AfterFunc(duration, stop)
+		}
+	}
+	return gateway.Run(runCtx, cfg, gateway.Options{Logger: logger, Version: version, ShutdownGrace: 2 * time.Second, OnReady: ready})
 }
 
 // startDemoBroker starts an embedded MQTT 5 broker on a free loopback port.

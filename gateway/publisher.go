@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/gateway/mqtt"
@@ -31,9 +32,15 @@ func publisherConfig(cfg *config.Config, version string, logger *slog.Logger) (m
 		SessionExpiry:  m.SessionExpiry,
 		ReconnectMin:   m.ReconnectMin,
 		ReconnectMax:   m.ReconnectMax,
-		StatusTopic:    m.TopicPrefix + "/status",
-		Version:        version,
-		Logger:         logger,
+		// The session store needs a directory of its own.
+		SessionDir:     filepath.Join(cfg.Gateway.StateDir, "mqtt"),
+		DeadLetterFile: filepath.Join(cfg.Gateway.StateDir, "deadletter.jsonl"),
+		// TODO(config): map mqtt.max_replay_rate, mqtt.message_expiry and
+		// mqtt.dead_letter_attempts once the config has them
+		// (MaxReplayRate, MessageExpiry, DeadLetterAttempts).
+		StatusTopic: m.TopicPrefix + "/status",
+		Version:     version,
+		Logger:      logger,
 	}, nil
 }
 

@@ -30,6 +30,27 @@ type Config struct {
 	RetryMax       time.Duration // its cap; 0 means 1m
 	ShutdownGrace  time.Duration // how long Run waits for in-flight publishes on shutdown; 0 means 2s
 
+	// SessionDir holds the persistent MQTT session (the packets in flight
+	// and the buffer seq each carries). It must be a directory of its own;
+	// the gateway passes <state_dir>/mqtt. Empty keeps the session in
+	// memory: QoS 2 is then exactly-once only while the process runs, and
+	// every process starts with Clean Start.
+	SessionDir string
+	// DeadLetterFile receives, as JSON lines, the records the broker refused
+	// DeadLetterAttempts times (each line fsynced); they are then acked so
+	// one bad topic never holds up the stream. Empty retries them forever.
+	DeadLetterFile string
+	// DeadLetterAttempts is the number of refused attempts (reason code >=
+	// 0x80) after which a record is dead-lettered; 0 means 5.
+	DeadLetterAttempts int
+	// MaxReplayRate caps the messages/s published from backlog (records
+	// marked replay); 0 means unlimited. Live records are not paced.
+	MaxReplayRate float64
+	// MessageExpiry sets the MQTT 5 Message Expiry Interval of telemetry
+	// (whole seconds, counted by the broker from when it receives the
+	// message); 0 means none.
+	MessageExpiry time.Duration
+
 	StatusTopic string // P/status; empty disables status and Will
 	Version     string // reported in the status payload
 	Logger      *slog.Logger
@@ -49,6 +70,21 @@ func (c *Config) setDefaults() error {
 		if *d <= 0 {
 			*d = v
 		}
+	}
+	if c.DeadLetterAttempts < 0 {
+		return fmt.Errorf("mqtt: dead letter attempts %d: must be >= 1", c.DeadLetterAttempts)
+	}
+	if c.DeadLetterAttempts == 0 {
+		c.DeadLetterAttempts = 5
+	}
+	if c.MaxReplayRate < 0 {
+		return fmt.Errorf("mqtt: max replay rate %v: must be >= 0", c.MaxReplayRate)
+	}
+	if c.MessageExpiry < 0 || c.MessageExpiry/time.Second > 0xFFFFFFFF {
+		return fmt.Errorf("mqtt: message expiry %v out of range", c.MessageExpiry)
+	}
+	if c.MessageExpiry > 0 && c.MessageExpiry < time.Second {
+		return fmt.Errorf("mqtt: message expiry %v: at least 1s (MQTT counts whole seconds)", c.MessageExpiry)
 	}
 	if c.MaxInflight == 0 {
 		c.MaxInflight = 256

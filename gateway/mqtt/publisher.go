@@ -2,23 +2,49 @@
 // broker and removes a record from the buffer only once the broker has
 // acknowledged it (PUBACK at QoS 1, PUBCOMP at QoS 2; written at QoS 0).
 //
-// It drives paho.golang's paho.Client directly with its own small
-// connection loop (rather than autopaho): that keeps golang.org/x/net out of
-// the build, gives a plain *net.TCPConn to paho (one writev per packet) and,
-// above all, lets the publisher see each CONNACK before any publish is
-// attempted on the new connection, which is what makes the session handling
-// below exact.
+// # Why paho.Client and not autopaho
 //
-// Delivery: every record is published by its own goroutine (at most
-// MaxInflight at once) through the blocking Publish, which is the only way
-// paho reports the broker's reason code. The paho session state is shared by
-// all connections, so a publish in flight when the link drops is re-sent by
-// paho with DUP=1 after the reconnect and its Publish call returns the real
-// outcome then. When the broker reports no session (Session Present = 0),
-// paho silently forgets what was in flight; the publisher then cancels those
-// calls and publishes the records again (duplicates only for what was in
-// flight). A reason code >= 0x80 is a failure: the record is not acked, it is
-// logged, counted and retried with backoff.
+// It drives paho.golang's paho.Client directly with its own small
+// connection loop. autopaho was considered and rejected for three reasons:
+// its Publish waits forever for a message paho silently dropped when the
+// broker answers Session Present = 0; an old client of autopaho can still
+// add a publish to the shared session after the new connection re-sent it
+// (the packet then waits a whole reconnect for its acknowledgement); and its
+// queue removes a message once it is in the session store, not on PUBACK, so
+// broker reason codes are lost. Owning the loop also gives a plain
+// *net.TCPConn to paho (one writev per packet) and lets the publisher see
+// each CONNACK before anything is published on the new connection.
+//
+// # Delivery
+//
+// One sender goroutine takes records from the buffer in seq order and hands
+// each to paho's session without waiting for its acknowledgement (paho's
+// async publish), so packets leave in buffer order while up to MaxInflight
+// (and at most the broker's Receive Maximum) are awaiting acknowledgement.
+// Acknowledgements are taken from the session itself (sessionGate wraps
+// paho's session.State and sees every PUBACK, PUBREC and PUBCOMP with its
+// reason code, including those of packets restored from disk after a
+// restart). paho's own Publish result is not used, which also sidesteps its
+// bug of returning a QoS 2 PUBREC >= 0x80 as success.
+//
+// A reason code >= 0x80 is a failure: the record is logged, counted and
+// retried with backoff; after DeadLetterAttempts refusals it is written to
+// the dead-letter file and acked. Retries are out of order by nature; every
+// other record keeps its place.
+//
+// # Exactly once across restarts (QoS 2)
+//
+// The session store (store.go) persists each packet in flight together
+// with the buffer seq it carries, and a "done" mark for each completed seq.
+// At start, seqs still in the store are in flight: they are not published
+// again as new messages but resumed by paho (DUP=1 with the same packet id,
+// or PUBREL) and acked when they complete; seqs marked done (the broker has
+// them, but the buffer's cursor had not reached the disk) are acked without
+// publishing. Clean Start is used only on the very first connection of a
+// state directory. When the broker answers Session Present = 0 although a
+// session was expected, paho forgets what was in flight; those records are
+// then published again from the buffer (at-least-once, counted in
+// Stats.SessionLost and Stats.Resent).
 package mqtt
 
 import (
@@ -29,6 +55,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +64,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/eclipse/paho.golang/paho/session"
 	"github.com/eclipse/paho.golang/paho/session/state"
+	"github.com/eclipse/paho.golang/paho/store/memory"
 
 	"github.com/ferry-gateway/ferry/adapters"
 	"github.com/ferry-gateway/ferry/gateway/record"
@@ -56,15 +84,30 @@ type Log interface {
 	Notify() <-chan struct{}
 }
 
+// maxAhead bounds how far past the log's commit cursor the publisher reads:
+// the buffer accepts out-of-order acks only within its AckWindow (65536).
+const maxAhead = 60000
+
 // Stats are the publisher's counters.
 type Stats struct {
-	Published   uint64 // PUBLISH attempts for buffered records that reached the session, retries included
-	Acked       uint64 // records acknowledged by the broker and acked in the log
-	Failed      uint64 // publishes answered with a reason code >= 0x80 (or refused by paho as invalid)
-	Skipped     uint64 // undecodable records acked without publishing
-	Reconnects  uint64 // successful connections after the first
-	SessionLost uint64 // reconnections where the broker had no session (in-flight records re-sent)
-	InFlight    int    // records taken from the log and not yet acknowledged
+	Connected    bool
+	Connects     uint64            // successful connections (CONNACK success), the first included
+	Reconnects   uint64            // successful connections after the first
+	ConnectFails uint64            // failed connection attempts
+	Disconnects  map[string]uint64 // by reason: "network", "server_0x..", "shutdown"
+	Published    [3]uint64         // PUBLISH of buffer records handed to the connection, by QoS (retries and re-sends included)
+	Acked        uint64            // records acknowledged by the broker and acked in the log
+	Failed       uint64            // publishes refused with a reason code >= 0x80 (or by paho as invalid)
+	ReasonCodes  map[byte]uint64   // failure reason codes of PUBACK/PUBREC (and CONNACK)
+	Replayed     uint64            // records published with replay=true
+	BytesOut     uint64            // topic + payload bytes of the record PUBLISHes
+	DeadLettered uint64            // records written to the dead-letter file and acked
+	Skipped      uint64            // undecodable records acked without publishing
+	SessionLost  uint64            // connections where the broker had lost the session we expected
+	Resent       uint64            // records published again because their session was lost
+	Restored     uint64            // records found in flight in the session store at start
+	Resumed      uint64            // records found done in the session store at start (acked, not re-sent)
+	InFlight     int               // records handed to the session and not yet acknowledged
 }
 
 // Publisher drains a Log to an MQTT broker. Create it with New and run it
@@ -74,29 +117,55 @@ type Publisher struct {
 	ep        endpoint
 	log       Log
 	logger    *slog.Logger
-	sess      *state.State // shared by all connections (in memory for now)
-	slots     chan struct{}
+	store     *sessionStore
+	sess      *state.State // shared by all connections
 	running   atomic.Bool
-	backlog   atomic.Bool // records dispatched now are history (after an outage or at start): user property replay=true
+	backlog   atomic.Bool // records read now are history (after an outage or at start): user property replay=true
 	stateBell chan struct{}
+	wake      chan struct{} // wakes the sender: an ack, a failure, a connection
+	dl        *deadLetter
 
 	mu        sync.Mutex
-	cli       *paho.Client    // nil while down
-	conn      net.Conn        // the current connection, for tests
-	connUp    chan struct{}   // closed while connected; replaced when down
-	epoch     uint64          // incremented before every connection attempt
-	connSeq   uint64          // number of successful connections
-	hard      context.Context // ends the publishes still in flight after the shutdown grace
-	sessCtx   context.Context // child of hard; cancelled when the broker loses our session
-	sessStop  context.CancelFunc
+	cli       *paho.Client  // nil while down
+	conn      net.Conn      // the current connection, for tests
+	connUp    chan struct{} // closed while connected; replaced when down
+	epoch     uint64        // incremented before every connection attempt
+	connSeq   uint64        // number of successful connections
 	states    map[string]*stateEntry
 	stateKeys []string     // insertion order; status first
 	epochMu   sync.RWMutex // write-held while switching connections; see sessionGate
+	discMu    sync.Mutex
+	discs     map[string]uint64
+	rcodes    map[byte]uint64
+
+	// jmu guards the jobs in the session and the queues of jobs to send
+	// again. Held briefly; never across I/O.
+	jmu      sync.Mutex
+	pending  map[uint64]*job // in the session, awaiting completion
+	window   int             // max len(pending) on this connection
+	resend   []*job          // session lost: publish again first, in seq order
+	retry    []*job          // refused: publish again at due
+	dead     []*job          // refused too often: dead-letter
+	skip     map[uint64]bool // seqs handled at start (in flight or done)
+	skipTo   uint64          // no seq >= skipTo is in skip
+	nextRate time.Time       // replay pacing
 
 	stats struct {
-		published, acked, failed, skipped, reconnects, sessionLost atomic.Uint64
-		inflight                                                   atomic.Int64
+		published                                    [3]atomic.Uint64
+		acked, failed, skipped, reconnects, connects atomic.Uint64
+		connectFails, sessionLost, resent, restored  atomic.Uint64
+		resumed, replayed, bytesOut, deadLettered    atomic.Uint64
 	}
+}
+
+type job struct {
+	seq      uint64
+	pub      *paho.Publish // nil for a record restored from the session store until needed
+	replay   bool
+	attempts int
+	due      time.Time
+	rc       byte
+	reason   string
 }
 
 type stateEntry struct {
@@ -106,7 +175,8 @@ type stateEntry struct {
 	sentConn    uint64 // connSeq it was last published on
 }
 
-// New validates cfg and returns a Publisher for log.
+// New validates cfg, opens the session store and returns a Publisher for
+// log.
 func New(cfg Config, log Log) (*Publisher, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -118,16 +188,32 @@ func New(cfg Config, log Log) (*Publisher, error) {
 	if log == nil {
 		return nil, errors.New("mqtt: nil log")
 	}
+	logger := cfg.Logger.With("component", "mqtt")
+	st := newMemoryStore()
+	if cfg.SessionDir != "" {
+		if st, err = openStore(cfg.SessionDir, logger); err != nil {
+			return nil, err
+		}
+	}
 	p := &Publisher{
 		cfg:       cfg,
 		ep:        ep,
 		log:       log,
-		logger:    cfg.Logger.With("component", "mqtt"),
-		sess:      state.NewInMemory(),
-		slots:     make(chan struct{}, cfg.MaxInflight),
+		logger:    logger,
+		store:     st,
+		sess:      state.New(st, memory.New()),
 		stateBell: make(chan struct{}, 1),
+		wake:      make(chan struct{}, 1),
 		connUp:    make(chan struct{}),
 		states:    make(map[string]*stateEntry),
+		discs:     map[string]uint64{},
+		rcodes:    map[byte]uint64{},
+		pending:   map[uint64]*job{},
+		window:    cfg.MaxInflight,
+		skip:      map[uint64]bool{},
+	}
+	if cfg.DeadLetterFile != "" {
+		p.dl = &deadLetter{path: cfg.DeadLetterFile}
 	}
 	p.backlog.Store(true)
 	return p, nil
@@ -142,15 +228,51 @@ func (p *Publisher) Connected() bool {
 
 // Stats returns a snapshot of the counters.
 func (p *Publisher) Stats() Stats {
-	return Stats{
-		Published:   p.stats.published.Load(),
-		Acked:       p.stats.acked.Load(),
-		Failed:      p.stats.failed.Load(),
-		Skipped:     p.stats.skipped.Load(),
-		Reconnects:  p.stats.reconnects.Load(),
-		SessionLost: p.stats.sessionLost.Load(),
-		InFlight:    int(p.stats.inflight.Load()),
+	s := Stats{
+		Connected:    p.Connected(),
+		Connects:     p.stats.connects.Load(),
+		Reconnects:   p.stats.reconnects.Load(),
+		ConnectFails: p.stats.connectFails.Load(),
+		Acked:        p.stats.acked.Load(),
+		Failed:       p.stats.failed.Load(),
+		Replayed:     p.stats.replayed.Load(),
+		BytesOut:     p.stats.bytesOut.Load(),
+		DeadLettered: p.stats.deadLettered.Load(),
+		Skipped:      p.stats.skipped.Load(),
+		SessionLost:  p.stats.sessionLost.Load(),
+		Resent:       p.stats.resent.Load(),
+		Restored:     p.stats.restored.Load(),
+		Resumed:      p.stats.resumed.Load(),
 	}
+	for i := range s.Published {
+		s.Published[i] = p.stats.published[i].Load()
+	}
+	p.discMu.Lock()
+	s.Disconnects = make(map[string]uint64, len(p.discs))
+	for k, v := range p.discs {
+		s.Disconnects[k] = v
+	}
+	s.ReasonCodes = make(map[byte]uint64, len(p.rcodes))
+	for k, v := range p.rcodes {
+		s.ReasonCodes[k] = v
+	}
+	p.discMu.Unlock()
+	p.jmu.Lock()
+	s.InFlight = len(p.pending)
+	p.jmu.Unlock()
+	return s
+}
+
+func (p *Publisher) countReason(rc byte) {
+	p.discMu.Lock()
+	p.rcodes[rc]++
+	p.discMu.Unlock()
+}
+
+func (p *Publisher) countDisconnect(reason string) {
+	p.discMu.Lock()
+	p.discs[reason]++
+	p.discMu.Unlock()
 }
 
 // PublishState sets the retained state message of topic (QoS 1, not
@@ -171,31 +293,35 @@ func (p *Publisher) setState(topic string, payload []byte) {
 	e.payload = append([]byte(nil), payload...)
 	e.version++
 	p.mu.Unlock()
-	p.ringState()
+	ring(p.stateBell)
 }
 
-func (p *Publisher) ringState() {
+func ring(c chan struct{}) {
 	select {
-	case p.stateBell <- struct{}{}:
+	case c <- struct{}{}:
 	default:
 	}
 }
 
 // Run connects (retrying until ctx is done; a broker that is down is normal)
 // and publishes the log from log.Acked() on. When ctx is done it stops taking
-// records, waits up to ShutdownGrace for the publishes in flight, publishes
-// the offline status, disconnects and returns nil. Run may be called once.
+// records, waits up to ShutdownGrace for the publishes in flight (what is
+// left stays in the session store and the buffer for the next start),
+// publishes the offline status, disconnects and returns nil. Run may be
+// called once.
 func (p *Publisher) Run(ctx context.Context) error {
 	if !p.running.CompareAndSwap(false, true) {
 		return errors.New("mqtt: Run called twice")
 	}
-	// hard ends the publishes still in flight after the grace period.
-	hard, hardStop := context.WithCancel(context.WithoutCancel(ctx))
-	defer hardStop()
-	p.mu.Lock()
-	p.hard = hard
-	p.sessCtx, p.sessStop = context.WithCancel(hard)
-	p.mu.Unlock()
+	defer func() {
+		if err := p.store.Close(); err != nil {
+			p.logger.Error("close session store", "err", err)
+		}
+	}()
+	if p.ep.tls && p.cfg.TLS != nil && p.cfg.TLS.InsecureSkipVerify {
+		p.logger.Warn("TLS certificate verification is disabled (insecure_skip_verify): the broker is not authenticated", "url", p.cfg.URL)
+	}
+	p.resume()
 
 	// The connection and the state messages outlive ctx: the offline status
 	// is published after it is done.
@@ -208,22 +334,23 @@ func (p *Publisher) Run(ctx context.Context) error {
 	bg.Go(func() { p.connectionLoop(connCtx) })
 	bg.Go(func() { p.stateLoop(stateCtx) })
 
-	var workers sync.WaitGroup
-	p.dispatch(ctx, &workers) // returns when ctx is done
+	p.sender(ctx) // returns when ctx is done
 
-	// Shutdown: workers not publishing have returned or are returning;
-	// the ones waiting for an acknowledgement get the grace period.
-	idle := make(chan struct{})
-	go func() { workers.Wait(); close(idle) }()
-	grace := time.NewTimer(p.cfg.ShutdownGrace)
-	select {
-	case <-idle:
-	case <-grace.C:
-		p.logger.Warn("shutdown grace over; publishes still in flight stay in the buffer", "inflight", p.stats.inflight.Load())
+	// Shutdown: wait for the acknowledgements of what is in flight.
+	deadline := time.Now().Add(p.cfg.ShutdownGrace)
+	for {
+		p.jmu.Lock()
+		n := len(p.pending)
+		p.jmu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) || !p.Connected() {
+			p.logger.Warn("shutdown: publishes still in flight stay in the session store and the buffer", "inflight", n)
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	grace.Stop()
-	hardStop()
-	<-idle
 
 	stateStop()
 	p.publishOffline()
@@ -232,89 +359,151 @@ func (p *Publisher) Run(ctx context.Context) error {
 	return nil
 }
 
-// dispatch reads the log and starts a delivery goroutine per record, at most
-// MaxInflight at once, until ctx is done. It then waits for nothing: the
-// caller handles the shutdown of workers.
-func (p *Publisher) dispatch(ctx context.Context, workers *sync.WaitGroup) {
-	next := p.log.Acked()
-	var (
-		jobs    []*job
-		skipped []uint64
-		fails   int
-	)
-	notify := p.log.Notify()
-	for {
-		// At least one free slot, then as many as are free (max 256).
-		select {
-		case p.slots <- struct{}{}:
-		case <-ctx.Done():
-			return
+// resume applies the session store to the log at start: records marked
+// done are acked, records in flight are left to paho and skipped by the
+// sender.
+func (p *Publisher) resume() {
+	live, done := p.store.startState()
+	start := p.log.Acked()
+	var ds []uint64
+	for q := range done {
+		if q >= start {
+			ds = append(ds, q)
 		}
-		n := 1
-	more:
-		for n < 256 {
-			select {
-			case p.slots <- struct{}{}:
-				n++
-			default:
-				break more
-			}
-		}
-		replay := p.backlog.Load()
-		connected := p.Connected()
-		jobs, skipped = jobs[:0], skipped[:0]
-		visited := 0
-		nxt, err := p.log.Scan(next, n, func(seq uint64, data []byte) error {
-			visited++
-			j, err := p.newJob(seq, data, replay)
-			if err != nil {
-				p.logger.Error("undecodable buffer record skipped", "seq", seq, "err", err)
-				skipped = append(skipped, seq)
-				return nil
-			}
-			jobs = append(jobs, j)
-			return nil
-		})
-		for range n - len(jobs) {
-			<-p.slots
-		}
-		for _, j := range jobs {
-			p.stats.inflight.Add(1)
-			workers.Go(func() { p.deliver(ctx, j) })
-		}
-		for _, seq := range skipped {
-			p.stats.skipped.Add(1)
-			if err := p.log.Ack(seq); err != nil {
-				p.logger.Error("ack skipped record", "seq", seq, "err", err)
-			}
-		}
-		if err != nil {
-			fails++
-			p.logger.Error("read buffer", "from", next, "err", err)
-			if visited == 0 && !sleep(ctx, backoff(fails, 100*time.Millisecond, 5*time.Second)) {
-				return
-			}
-		} else {
-			fails = 0
-		}
-		if visited > 0 {
-			next = nxt
+	}
+	slices.Sort(ds)
+	for _, q := range ds {
+		if err := p.log.Ack(q); err != nil {
+			p.logger.Error("ack record already delivered before the restart", "seq", q, "err", err)
 			continue
 		}
-		if err == nil && connected {
-			p.backlog.Store(false) // caught up: what comes next is live
+		p.skip[q] = true
+		p.skipTo = max(p.skipTo, q+1)
+		p.stats.resumed.Add(1)
+	}
+	p.jmu.Lock()
+	for _, q := range live {
+		if q < start || p.skip[q] {
+			continue // acked already: paho completes it, the ack is a no-op
 		}
-		select {
-		case <-notify:
-		case <-ctx.Done():
-			return
-		}
+		p.pending[q] = &job{seq: q, replay: true}
+		p.skip[q] = true
+		p.skipTo = max(p.skipTo, q+1)
+		p.stats.restored.Add(1)
+	}
+	p.jmu.Unlock()
+	if len(ds) > 0 || p.stats.restored.Load() > 0 {
+		p.logger.Info("resuming the MQTT session from disk", "in_flight", p.stats.restored.Load(), "already_delivered", len(ds))
 	}
 }
 
-type job struct {
-	seq uint64
-	pub paho.Publish
+// sender reads the log in order and hands every record to the session,
+// until ctx is done.
+func (p *Publisher) sender(ctx context.Context) {
+	next := p.log.Acked()
+	var ahead []*job // read from the log, not yet sent
+	notify := p.log.Notify()
+	fails := 0
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for ctx.Err() == nil {
+		j, wait := p.takeQueued()
+		if j == nil && len(ahead) > 0 {
+			j, ahead = ahead[0], ahead[1:]
+		}
+		if j == nil && next < p.log.Acked()+maxAhead {
+			// Read more.
+			replay := p.backlog.Load()
+			connected := p.Connected()
+			var skipped []uint64
+			visited := 0
+			nxt, err := p.log.Scan(next, 256, func(seq uint64, data []byte) error {
+				visited++
+				if seq < p.skipTo && p.skip[seq] {
+					return nil
+				}
+				j, err := p.newJob(seq, data, replay)
+				if err != nil {
+					p.logger.Error("undecodable buffer record skipped", "seq", seq, "err", err)
+					skipped = append(skipped, seq)
+					return nil
+				}
+				ahead = append(ahead, j)
+				return nil
+			})
+			for _, seq := range skipped {
+				p.stats.skipped.Add(1)
+				if err := p.log.Ack(seq); err != nil {
+					p.logger.Error("ack skipped record", "seq", seq, "err", err)
+				}
+			}
+			if visited > 0 {
+				next = nxt
+			}
+			if err != nil {
+				fails++
+				p.logger.Error("read buffer", "from", next, "err", err)
+				if visited == 0 && !sleep(ctx, backoff(fails, 100*time.Millisecond, 5*time.Second)) {
+					return
+				}
+				continue
+			}
+			fails = 0
+			if visited > 0 {
+				continue
+			}
+			if connected {
+				p.backlog.Store(false) // caught up: what comes next is live
+			}
+		}
+		if j != nil {
+			if !p.send(ctx, j) {
+				return
+			}
+			continue
+		}
+		// Nothing to do now: wait for an append, an ack, a connection, a
+		// retry's time.
+		if wait <= 0 {
+			wait = time.Hour
+		}
+		timer.Reset(wait)
+		select {
+		case <-notify:
+		case <-p.wake:
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+		timer.Stop()
+	}
+}
+
+// takeQueued returns the next job to send again (session lost, then retries
+// that are due; dead letters are written on the way), or how long until the
+// first retry is due (0: none).
+func (p *Publisher) takeQueued() (*job, time.Duration) {
+	for {
+		p.jmu.Lock()
+		if len(p.dead) > 0 {
+			j := p.dead[0]
+			p.dead = p.dead[1:]
+			p.jmu.Unlock()
+			p.deadLetter(j)
+			continue
+		}
+		var j *job
+		var wait time.Duration
+		switch {
+		case len(p.resend) > 0:
+			j, p.resend = p.resend[0], p.resend[1:]
+		case len(p.retry) > 0:
+			if wait = time.Until(p.retry[0].due); wait <= 0 {
+				j, p.retry, wait = p.retry[0], p.retry[1:], 0
+			}
+		}
+		p.jmu.Unlock()
+		return j, wait
+	}
 }
 
 func (p *Publisher) newJob(seq uint64, data []byte, replay bool) (*job, error) {
@@ -322,98 +511,246 @@ func (p *Publisher) newJob(seq uint64, data []byte, replay bool) (*job, error) {
 	if err != nil {
 		return nil, err
 	}
-	j := &job{seq: seq}
-	j.pub = paho.Publish{
+	j := &job{seq: seq, replay: replay}
+	j.pub = &paho.Publish{
 		QoS:     p.cfg.QoS,
 		Retain:  m.Retain,
 		Topic:   m.Topic,
 		Payload: m.AppendPayload(make([]byte, 0, len(m.Body)+28), seq),
 	}
+	var props paho.PublishProperties
 	if replay {
-		j.pub.Properties = &paho.PublishProperties{User: paho.UserProperties{{Key: "replay", Value: "true"}}}
+		props.User = paho.UserProperties{{Key: "replay", Value: "true"}}
+	}
+	if p.cfg.MessageExpiry > 0 {
+		e := uint32(p.cfg.MessageExpiry / time.Second)
+		props.MessageExpiry = &e
+	}
+	if props.User != nil || props.MessageExpiry != nil {
+		j.pub.Properties = &props
 	}
 	return j, nil
 }
 
-// deliver publishes j until the broker acknowledges it or the publisher
-// stops; only then is the record acked in the log.
-func (p *Publisher) deliver(ctx context.Context, j *job) {
-	defer func() {
-		p.stats.inflight.Add(-1)
-		<-p.slots
-	}()
-	refused, errs := 0, 0
+// load builds the PUBLISH of a job restored from the session store. False
+// if the record is no longer in the log (dropped by the size cap).
+func (p *Publisher) load(j *job) bool {
+	if j.pub != nil {
+		return true
+	}
+	var err error
+	_, serr := p.log.Scan(j.seq, 1, func(seq uint64, data []byte) error {
+		if seq == j.seq {
+			var nj *job
+			nj, err = p.newJob(seq, data, true)
+			if err == nil {
+				j.pub = nj.pub
+			}
+		}
+		return nil
+	})
+	if serr != nil || err != nil || j.pub == nil {
+		p.logger.Error("record to publish again is not readable from the buffer", "seq", j.seq, "err", errors.Join(serr, err))
+		return false
+	}
+	return true
+}
+
+type seqKey struct{}
+
+// send hands j to the session (at QoS 0: writes it and acks it). It
+// returns false when ctx is done before (j stays in the log).
+func (p *Publisher) send(ctx context.Context, j *job) bool {
+	if !p.load(j) {
+		return true
+	}
+	errs := 0
 	for {
-		cli, sctx := p.awaitConnection(ctx)
-		if cli == nil {
-			return // stopping; the record stays in the buffer
-		}
-		resp, err := cli.Publish(sctx, &j.pub)
-		if !errors.Is(err, session.ErrNoConnection) {
-			p.stats.published.Add(1) // it was sent (or at least handed to the session)
-		}
-		switch {
-		case resp != nil && resp.ReasonCode >= 0x80:
-			// QoS 1: paho returns an error too; QoS 2 PUBREC >= 0x80: paho
-			// returns (resp, nil) (paho bug), hence the explicit check.
-			refused++
-			p.stats.failed.Add(1)
-			reason := ""
-			if resp.Properties != nil {
-				reason = resp.Properties.ReasonString
-			}
-			p.logger.Warn("broker refused publish; will retry", "topic", j.pub.Topic, "seq", j.seq,
-				"reason_code", fmt.Sprintf("%#02x", resp.ReasonCode), "reason", reason, "attempt", refused)
-			if !sleep(ctx, backoff(refused, p.cfg.RetryMin, p.cfg.RetryMax)) {
-				return
-			}
-		case err == nil:
-			p.stats.acked.Add(1)
-			if err := p.log.Ack(j.seq); err != nil {
-				p.logger.Error("ack buffer record", "seq", j.seq, "err", err)
-			}
-			return
-		case errors.Is(err, paho.ErrInvalidArguments):
-			refused++
-			p.stats.failed.Add(1)
-			p.logger.Warn("publish refused by client; will retry", "topic", j.pub.Topic, "seq", j.seq, "err", err, "attempt", refused)
-			if !sleep(ctx, backoff(refused, p.cfg.RetryMin, p.cfg.RetryMax)) {
-				return
-			}
-		default:
-			// The connection went down, the session was lost, or we are
-			// stopping. Wait for this connection to end (or a moment, in
-			// case it did not) before trying again.
-			errs++
-			p.logger.Debug("publish interrupted", "topic", j.pub.Topic, "seq", j.seq, "err", err)
-			t := time.NewTimer(backoff(errs, 20*time.Millisecond, time.Second))
+		// A slot in the window.
+		p.jmu.Lock()
+		for len(p.pending) >= p.window && p.cfg.QoS > 0 {
+			p.jmu.Unlock()
 			select {
-			case <-cli.Done():
-			case <-t.C:
+			case <-p.wake:
 			case <-ctx.Done():
+				return false
 			}
-			t.Stop()
+			p.jmu.Lock()
+		}
+		p.jmu.Unlock()
+		cli := p.awaitConnection(ctx)
+		if cli == nil {
+			return false
+		}
+		p.jmu.Lock()
+		if len(p.resend) > 0 && p.resend[0].seq < j.seq {
+			// The session was lost while j waited: what was in flight goes
+			// first, j takes its place among it.
+			i, _ := slices.BinarySearchFunc(p.resend, j.seq, func(a *job, s uint64) int { return cmpU64(a.seq, s) })
+			p.resend = slices.Insert(p.resend, i, j)
+			p.jmu.Unlock()
+			return true
+		}
+		p.jmu.Unlock()
+		if j.replay && p.cfg.MaxReplayRate > 0 {
+			now := time.Now()
+			if p.nextRate.Before(now) {
+				p.nextRate = now
+			}
+			if d := p.nextRate.Sub(now); d > 0 && !sleep(ctx, d) {
+				return false
+			}
+			p.nextRate = p.nextRate.Add(time.Duration(float64(time.Second) / p.cfg.MaxReplayRate))
+		}
+		if p.cfg.QoS > 0 {
+			p.jmu.Lock()
+			p.pending[j.seq] = j
+			p.jmu.Unlock()
+		}
+		qos, nbytes, replay := j.pub.QoS, uint64(len(j.pub.Topic)+len(j.pub.Payload)), j.replay
+		_, err := cli.PublishWithOptions(context.WithValue(ctx, seqKey{}, j.seq), j.pub,
+			paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
+		// From here on j belongs to the completion side if it is in the
+		// session.
+		if err == nil || errors.Is(err, paho.ErrNetworkErrorAfterStored) {
+			p.stats.published[qos].Add(1)
+			p.stats.bytesOut.Add(nbytes)
+			if replay {
+				p.stats.replayed.Add(1)
+			}
+			if qos == 0 {
+				if err == nil {
+					p.ackRecord(j.seq)
+					return true
+				}
+				// QoS 0 not written: try again on the next connection.
+			} else {
+				return true
+			}
+		}
+		if p.cfg.QoS > 0 {
+			p.jmu.Lock()
+			delete(p.pending, j.seq)
+			p.jmu.Unlock()
+		}
+		if errors.Is(err, paho.ErrInvalidArguments) {
+			p.stats.failed.Add(1)
+			p.fail(j, 0, err.Error())
+			return true
+		}
+		// Not in the session: the connection is going down, or we are
+		// stopping. Wait for this connection to end (or a moment, in case
+		// it did not) before trying again.
+		errs++
+		p.logger.Debug("publish interrupted", "topic", j.pub.Topic, "seq", j.seq, "err", err)
+		t := time.NewTimer(backoff(errs, 20*time.Millisecond, time.Second))
+		select {
+		case <-cli.Done():
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		if ctx.Err() != nil {
+			return false
 		}
 	}
 }
 
-// awaitConnection returns the current client and the context for publishes
-// on its session, waiting until connected; nil when ctx is done.
-func (p *Publisher) awaitConnection(ctx context.Context) (*paho.Client, context.Context) {
+func (p *Publisher) ackRecord(seq uint64) {
+	p.stats.acked.Add(1)
+	if err := p.log.Ack(seq); err != nil {
+		p.logger.Error("ack buffer record", "seq", seq, "err", err)
+	}
+}
+
+// complete is called by the session when the exchange of the record seq is
+// over: rc < 0x80 delivered, else refused.
+func (p *Publisher) complete(seq uint64, rc byte, reason string) {
+	p.jmu.Lock()
+	j := p.pending[seq]
+	if j == nil {
+		p.jmu.Unlock()
+		return
+	}
+	delete(p.pending, seq)
+	p.jmu.Unlock()
+	if rc < 0x80 {
+		p.ackRecord(seq)
+		ring(p.wake)
+		return
+	}
+	p.stats.failed.Add(1)
+	p.countReason(rc)
+	p.fail(j, rc, reason)
+}
+
+// fail schedules a refused record for a retry or the dead-letter file.
+func (p *Publisher) fail(j *job, rc byte, reason string) {
+	j.attempts++
+	j.rc, j.reason = rc, reason
+	topic := ""
+	if j.pub != nil {
+		topic = j.pub.Topic
+	}
+	dead := p.dl != nil && j.attempts >= p.cfg.DeadLetterAttempts
+	p.logger.Warn("broker refused publish", "topic", topic, "seq", j.seq,
+		"reason_code", fmt.Sprintf("%#02x", rc), "reason", reasonText(rc, reason), "attempt", j.attempts, "dead_letter", dead)
+	p.jmu.Lock()
+	if dead {
+		p.dead = append(p.dead, j)
+	} else {
+		j.due = time.Now().Add(backoff(j.attempts, p.cfg.RetryMin, p.cfg.RetryMax))
+		i, _ := slices.BinarySearchFunc(p.retry, j.due, func(a *job, t time.Time) int { return a.due.Compare(t) })
+		p.retry = slices.Insert(p.retry, i, j)
+	}
+	p.jmu.Unlock()
+	ring(p.wake)
+}
+
+func (p *Publisher) deadLetter(j *job) {
+	if !p.load(j) {
+		return
+	}
+	if err := p.dl.write(j, time.Now()); err != nil {
+		p.logger.Error("dead-letter file not written; will retry the record", "file", p.dl.path, "seq", j.seq, "err", err)
+		j.attempts = 0
+		p.fail(j, j.rc, j.reason)
+		return
+	}
+	p.store.markDone(j.seq)
+	p.stats.deadLettered.Add(1)
+	p.logger.Error("record moved to the dead-letter file", "file", p.dl.path, "topic", j.pub.Topic, "seq", j.seq,
+		"reason_code", fmt.Sprintf("%#02x", j.rc), "attempts", j.attempts)
+	if err := p.log.Ack(j.seq); err != nil {
+		p.logger.Error("ack dead-lettered record", "seq", j.seq, "err", err)
+	}
+}
+
+// reasonText is reason when set, else the standard meaning of rc.
+func reasonText(rc byte, reason string) string {
+	if reason != "" || rc == 0 {
+		return reason
+	}
+	return (&packets.Puback{ReasonCode: rc}).Reason()
+}
+
+// awaitConnection returns the current client, waiting until connected; nil
+// when ctx is done.
+func (p *Publisher) awaitConnection(ctx context.Context) *paho.Client {
 	for {
 		p.mu.Lock()
-		cli, sctx, up := p.cli, p.sessCtx, p.connUp
+		cli, up := p.cli, p.connUp
 		p.mu.Unlock()
 		if ctx.Err() != nil {
-			return nil, nil
+			return nil
 		}
 		if cli != nil {
-			return cli, sctx
+			return cli
 		}
 		select {
 		case <-up:
 		case <-ctx.Done():
-			return nil, nil
+			return nil
 		}
 	}
 }
@@ -421,7 +758,7 @@ func (p *Publisher) awaitConnection(ctx context.Context) (*paho.Client, context.
 // connectionLoop keeps a connection up until ctx is done, then disconnects.
 func (p *Publisher) connectionLoop(ctx context.Context) {
 	attempt := 0
-	first := true
+	lastErr := ""
 	for {
 		if attempt > 0 && !sleep(ctx, backoff(attempt, p.cfg.ReconnectMin, p.cfg.ReconnectMax)) {
 			return
@@ -430,34 +767,46 @@ func (p *Publisher) connectionLoop(ctx context.Context) {
 			return
 		}
 		attempt++
-		cli, ca, err := p.connect(ctx, first)
-		if err != nil {
-			lvl := slog.LevelDebug
-			if attempt == 1 {
-				lvl = slog.LevelWarn
-			}
-			p.logger.Log(ctx, lvl, "connect failed; retrying", "url", p.cfg.URL, "attempt", attempt, "err", err)
+		cli, ca, reason, err := p.connect(ctx)
+		if errors.Is(err, errFreshSession) {
+			attempt = 0
 			continue
 		}
-		first = false
-		attempt = 0
+		if err != nil {
+			p.stats.connectFails.Add(1)
+			lvl := slog.LevelDebug
+			if msg := err.Error(); msg != lastErr || attempt&(attempt-1) == 0 {
+				lvl, lastErr = slog.LevelWarn, msg
+			}
+			p.logger.Log(ctx, lvl, "connect failed; retrying with backoff", "url", p.cfg.URL, "attempt", attempt, "err", err)
+			continue
+		}
+		attempt, lastErr = 0, ""
 		p.up(cli, ca)
 		select {
 		case <-cli.Done():
+			why := "network"
+			if rc := reason.Load(); rc != 0 {
+				why = fmt.Sprintf("server_%#02x", rc)
+			}
+			p.countDisconnect(why)
 			p.down()
-			p.logger.Warn("connection lost; reconnecting", "url", p.cfg.URL)
+			p.logger.Warn("connection lost; reconnecting", "url", p.cfg.URL, "reason", why)
 		case <-ctx.Done():
 			if err := cli.Disconnect(&paho.Disconnect{ReasonCode: 0}); err != nil {
 				p.logger.Debug("disconnect", "err", err)
 			}
 			<-cli.Done()
+			p.countDisconnect("shutdown")
 			p.down()
 			return
 		}
 	}
 }
 
-func (p *Publisher) connect(ctx context.Context, first bool) (*paho.Client, *paho.Connack, error) {
+// connect dials and sends CONNECT. reason receives the reason code of a
+// DISCONNECT from the server (+1, so 0 means none).
+func (p *Publisher) connect(ctx context.Context) (*paho.Client, *paho.Connack, *atomic.Int32, error) {
 	// No publish may enter the shared session through an older client from
 	// here on (see sessionGate).
 	p.epochMu.Lock()
@@ -469,38 +818,58 @@ func (p *Publisher) connect(ctx context.Context, first bool) (*paho.Client, *pah
 	defer cancel()
 	conn, err := p.dial(cctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
+	reason := new(atomic.Int32)
 	cli := paho.NewClient(paho.ClientConfig{
 		ClientID: p.cfg.ClientID,
 		Conn:     conn,
 		Session:  &sessionGate{SessionManager: p.sess, p: p, epoch: epoch},
-		// Publish waits for the acknowledgement across reconnects: the
-		// shared session re-sends it. Session loss and shutdown cancel it
-		// through sessCtx instead of a timeout.
+		// Record publishes are asynchronous; state messages have their own
+		// timeouts. Nothing should time out on paho's clock.
 		PacketTimeout: 365 * 24 * time.Hour,
 		OnClientError: func(err error) { p.logger.Debug("connection error", "err", err) },
 		OnServerDisconnect: func(d *paho.Disconnect) {
-			reason := ""
+			reason.Store(int32(d.ReasonCode) + 1)
+			rs := ""
 			if d.Properties != nil {
-				reason = d.Properties.ReasonString
+				rs = d.Properties.ReasonString
 			}
-			p.logger.Warn("broker disconnected us", "reason_code", fmt.Sprintf("%#02x", d.ReasonCode), "reason", reason)
+			p.logger.Warn("broker disconnected us", "reason_code", fmt.Sprintf("%#02x", d.ReasonCode), "reason", rs)
 		},
 	})
 	cli.SetErrorLogger(pahoLogger{p.logger})
 	p.mu.Lock()
 	p.conn = conn
 	p.mu.Unlock()
-	ca, err := cli.Connect(cctx, p.connectPacket(first))
+	cp := p.connectPacket()
+	ca, err := cli.Connect(cctx, cp)
 	if err != nil {
-		if ca != nil {
-			return nil, nil, fmt.Errorf("CONNACK reason code %#02x: %w", ca.ReasonCode, err)
+		if ca != nil && ca.ReasonCode >= 0x80 {
+			p.countReason(ca.ReasonCode)
+			why := (&packets.Connack{ReasonCode: ca.ReasonCode}).Reason()
+			if ca.Properties != nil && ca.Properties.ReasonString != "" {
+				why = ca.Properties.ReasonString
+			}
+			return nil, nil, nil, fmt.Errorf("broker refused the connection: CONNACK reason code %#02x: %s", ca.ReasonCode, why)
 		}
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return cli, ca, nil
+	if cp.CleanStart {
+		// A fresh session (any stale one at the broker is gone). mosquitto
+		// persists only sessions whose connection had Clean Start = 0, so
+		// leave (DISCONNECT 0x00: no Will, the session stays for
+		// SessionExpiry) and resume it at once with Clean Start = 0.
+		p.store.setSession()
+		_ = cli.Disconnect(&paho.Disconnect{ReasonCode: 0})
+		<-cli.Done()
+		return nil, nil, nil, errFreshSession
+	}
+	return cli, ca, reason, nil
 }
+
+// errFreshSession: connect started a new session and left; connect again.
+var errFreshSession = errors.New("mqtt: new session started; resuming it")
 
 func (p *Publisher) dial(ctx context.Context) (net.Conn, error) {
 	d := net.Dialer{KeepAlive: -1} // MQTT keep alive does the job
@@ -519,21 +888,22 @@ func (p *Publisher) dial(ctx context.Context) (net.Conn, error) {
 	}
 	conn, err := (&tls.Dialer{NetDialer: &d, Config: cfg}).DialContext(ctx, "tcp", p.ep.addr)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("TLS connection to %s: %w", p.ep.addr, err)
 	}
+	// A tls.Conn writes a multi-buffer packet in several Writes: serialise.
 	return packets.NewThreadSafeConn(conn), nil
 }
 
-func (p *Publisher) connectPacket(first bool) *paho.Connect {
+func (p *Publisher) connectPacket() *paho.Connect {
 	expiry := uint32(min(p.cfg.SessionExpiry/time.Second, 0xFFFFFFFF))
 	cp := &paho.Connect{
 		ClientID:  p.cfg.ClientID,
 		KeepAlive: uint16(p.cfg.KeepAlive / time.Second),
-		// The session store is in memory, so a new process has nothing to
-		// resume: start clean, or a QoS 2 packet id still awaiting PUBREL
-		// at the broker could swallow a new message. Later connections
-		// resume. (With the file session store this becomes false.)
-		CleanStart: first,
+		// Clean Start only when we have no session to resume: a first
+		// connection ever (persistent store) or of this process (memory
+		// store). Otherwise a QoS 2 packet id still awaiting PUBREL at the
+		// broker could swallow a new message.
+		CleanStart: !p.store.hasSession(),
 		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry},
 	}
 	if p.cfg.Username != "" {
@@ -554,30 +924,51 @@ func (p *Publisher) connectPacket(first bool) *paho.Connect {
 	return cp
 }
 
-// up publishes a new connection to the workers, after the session check.
+// up publishes a new connection to the sender, after the session check.
 func (p *Publisher) up(cli *paho.Client, ca *paho.Connack) {
+	expected := p.store.hasSession()
+	p.store.setSession()
+	rm := 65535
+	if ca.Properties != nil && ca.Properties.ReceiveMaximum != nil {
+		rm = int(*ca.Properties.ReceiveMaximum)
+	}
+	p.jmu.Lock()
+	// Keep a slot of the broker's Receive Maximum for the state messages
+	// paho's send quota wraps when more are stored than the broker allows.
+	p.window = max(1, min(p.cfg.MaxInflight, rm-1))
+	var lost []*job
+	if !ca.SessionPresent {
+		for _, j := range p.pending {
+			lost = append(lost, j)
+		}
+		clear(p.pending)
+		if len(lost) > 0 {
+			slices.SortFunc(lost, func(a, b *job) int { return cmpU64(a.seq, b.seq) })
+			p.resend = append(lost, p.resend...)
+		}
+	}
+	p.jmu.Unlock()
+	if !ca.SessionPresent && (expected || len(lost) > 0) {
+		p.stats.sessionLost.Add(1)
+		p.stats.resent.Add(uint64(len(lost)))
+		p.logger.Warn("broker had no session for us; publishing again what was in flight (duplicates possible)", "records", len(lost))
+	}
+
 	p.mu.Lock()
 	p.connSeq++
 	if p.connSeq > 1 {
 		p.stats.reconnects.Add(1)
-		if !ca.SessionPresent {
-			// paho has dropped its in-flight state without telling the
-			// waiting Publish calls: end them so their records are sent
-			// again on this connection.
-			p.stats.sessionLost.Add(1)
-			p.sessStop()
-			p.sessCtx, p.sessStop = context.WithCancel(p.hard)
-			p.logger.Warn("broker had no session; re-sending what was in flight", "inflight", p.stats.inflight.Load())
-		}
 	}
+	p.stats.connects.Add(1)
 	p.cli = cli
 	close(p.connUp)
 	p.mu.Unlock()
-	p.logger.Info("connected", "url", p.cfg.URL, "session_present", ca.SessionPresent)
+	ring(p.wake)
+	p.logger.Info("connected", "url", p.cfg.URL, "session_present", ca.SessionPresent, "receive_maximum", rm)
 	if p.cfg.StatusTopic != "" {
 		p.setState(p.cfg.StatusTopic, p.statusPayload(true, time.Now()))
 	} else {
-		p.ringState()
+		ring(p.stateBell)
 	}
 }
 
@@ -592,10 +983,13 @@ func (p *Publisher) down() {
 	p.connUp = make(chan struct{})
 }
 
-// sessionGate keeps an old client from adding a publish to the shared
-// session once a newer connection is being set up: such a packet would be
-// written to the dead connection after the new connection re-sent the
-// session, and wait for an acknowledgement until the next reconnect.
+// sessionGate is the session of one connection. It keeps an old client
+// from adding a publish to the shared session once a newer connection is
+// being set up (such a packet would be written to the dead connection after
+// the new connection re-sent the session, and wait for an acknowledgement
+// until the next reconnect), tells the store which record each PUBLISH
+// carries, and reports the end of every record's exchange to the
+// publisher.
 type sessionGate struct {
 	session.SessionManager
 	p     *Publisher
@@ -608,7 +1002,51 @@ func (g *sessionGate) AddToSession(ctx context.Context, pk session.Packet, resp 
 	if g.p.epoch != g.epoch {
 		return session.ErrNoConnection
 	}
+	seq, _ := ctx.Value(seqKey{}).(uint64)
+	if seq != 0 {
+		g.p.store.expectSeq(pk, seq)
+		defer g.p.store.forget(pk)
+	}
 	return g.SessionManager.AddToSession(ctx, pk, resp)
+}
+
+func (g *sessionGate) PacketReceived(recv *packets.ControlPacket, pubs chan<- *packets.Publish) error {
+	var (
+		id     uint16
+		rc     byte
+		reason string
+		final  bool
+	)
+	switch pk := recv.Content.(type) {
+	case *packets.Puback:
+		id, rc, final = pk.PacketID, pk.ReasonCode, true
+		if pk.Properties != nil {
+			reason = pk.Properties.ReasonString
+		}
+	case *packets.Pubrec:
+		if pk.ReasonCode >= 0x80 { // the end of this QoS 2 exchange
+			id, rc, final = pk.PacketID, pk.ReasonCode, true
+			if pk.Properties != nil {
+				reason = pk.Properties.ReasonString
+			}
+		}
+	case *packets.Pubcomp:
+		// 0x92 (packet id not found) after our PUBREL: the broker had the
+		// message and forgot the id; delivered.
+		id, final = pk.PacketID, true
+	}
+	var seq uint64
+	if final {
+		seq = g.p.store.seqOf(id)
+		if seq != 0 && rc >= 0x80 {
+			g.p.store.failNext(id)
+		}
+	}
+	err := g.SessionManager.PacketReceived(recv, pubs)
+	if seq != 0 {
+		g.p.complete(seq, rc, reason)
+	}
+	return err
 }
 
 // Close is a no-op: the session outlives every client.

@@ -31,6 +31,26 @@ type options struct {
 	persistence bool
 	acl         string
 	extra       []string
+	tls         *TLSFiles
+	user, pass  string
+}
+
+// TLSFiles are the PEM files of a TLS listener.
+type TLSFiles struct {
+	CAFile, CertFile, KeyFile string
+	// RequireClientCert makes the listener refuse clients without a
+	// certificate signed by CAFile (mutual TLS).
+	RequireClientCert bool
+}
+
+// WithTLS adds a TLS listener on a second free port (TLSURL, TLSPort)
+// next to the plain one, which stays anonymous (for Subscribe).
+func WithTLS(f TLSFiles) Option { return func(o *options) { o.tls = &f } }
+
+// WithPassword makes the TLS listener (WithTLS is required) accept only
+// this user name and password.
+func WithPassword(user, pass string) Option {
+	return func(o *options) { o.user, o.pass = user, pass }
 }
 
 // WithPersistence turns persistence on (in the test's temp dir), so sessions
@@ -54,10 +74,11 @@ func WithConfig(lines ...string) Option {
 
 // Broker is a running (or stopped) mosquitto process.
 type Broker struct {
-	t    testing.TB
-	bin  string
-	conf string
-	port int
+	t       testing.TB
+	bin     string
+	conf    string
+	port    int
+	tlsPort int
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -84,6 +105,9 @@ func Start(t testing.TB, opts ...Option) *Broker {
 	dir := t.TempDir()
 	port := freePort(t)
 	var conf strings.Builder
+	if o.tls != nil {
+		conf.WriteString("per_listener_settings true\n")
+	}
 	fmt.Fprintf(&conf, "listener %d 127.0.0.1\n", port)
 	conf.WriteString("allow_anonymous true\n")
 	conf.WriteString("log_dest stderr\n")
@@ -109,6 +133,29 @@ func Start(t testing.TB, opts ...Option) *Broker {
 		}
 		fmt.Fprintf(&conf, "acl_file %s\n", aclPath)
 	}
+	tlsPort := 0
+	if o.user != "" && o.tls == nil {
+		t.Fatal("mosquittotest: WithPassword needs WithTLS")
+	}
+	if o.tls != nil {
+		tlsPort = freePort(t)
+		fmt.Fprintf(&conf, "listener %d 127.0.0.1\n", tlsPort)
+		fmt.Fprintf(&conf, "cafile %s\ncertfile %s\nkeyfile %s\n", o.tls.CAFile, o.tls.CertFile, o.tls.KeyFile)
+		fmt.Fprintf(&conf, "require_certificate %v\n", o.tls.RequireClientCert)
+		if o.user != "" {
+			pwPath := filepath.Join(dir, "passwd")
+			if err := os.WriteFile(pwPath, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := exec.Command("mosquitto_passwd", "-b", pwPath, o.user, o.pass).CombinedOutput(); err != nil {
+				t.Fatalf("mosquitto_passwd: %v: %s", err, out)
+			}
+			conf.WriteString("allow_anonymous false\n")
+			fmt.Fprintf(&conf, "password_file %s\n", pwPath)
+		} else {
+			conf.WriteString("allow_anonymous true\n")
+		}
+	}
 	for _, l := range o.extra {
 		conf.WriteString(l + "\n")
 	}
@@ -116,7 +163,7 @@ func Start(t testing.TB, opts ...Option) *Broker {
 	if err := os.WriteFile(confPath, []byte(conf.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	b := &Broker{t: t, bin: bin, conf: confPath, port: port, logs: &syncBuffer{}}
+	b := &Broker{t: t, bin: bin, conf: confPath, port: port, tlsPort: tlsPort, logs: &syncBuffer{}}
 	t.Cleanup(func() {
 		b.kill()
 		if t.Failed() {
@@ -132,6 +179,15 @@ func (b *Broker) URL() string { return "mqtt://" + b.Addr() }
 
 // Addr returns "127.0.0.1:PORT".
 func (b *Broker) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(b.port)) }
+
+// TLSURL returns "mqtts://127.0.0.1:PORT" of the TLS listener (WithTLS).
+func (b *Broker) TLSURL() string { return "mqtts://" + b.TLSAddr() }
+
+// TLSAddr returns "127.0.0.1:PORT" of the TLS listener (WithTLS).
+func (b *Broker) TLSAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(b.tlsPort)) }
+
+// TLSPort returns the TLS listener's port (0 without WithTLS).
+func (b *Broker) TLSPort() int { return b.tlsPort }
 
 // Port returns the listener port; it stays the same across Restart.
 func (b *Broker) Port() int { return b.port }

@@ -62,6 +62,9 @@ type MQTT struct {
 	Publish            string // "tag" or "device"
 	Retain             bool   // retain telemetry messages
 	CommandMaxAge      time.Duration
+	MaxReplayRate      float64       // messages/s published from backlog; 0: unlimited
+	MessageExpiry      time.Duration // MQTT 5 Message Expiry of telemetry; 0: none
+	DeadLetterAttempts int           // refusals (reason code >= 0x80) before a record goes to the dead-letter file
 }
 
 // Publish modes: one message per tag, or one per device and poll cycle.

@@ -136,6 +136,14 @@ func (d *decoder) mqtt(t *table, m *MQTT, set *setKeys) {
 	t.oneOf("publish", &m.Publish, PublishTag, PublishDevice)
 	t.boolean("retain", &m.Retain)
 	t.duration("command_max_age", &m.CommandMaxAge)
+	if t.float("max_replay_rate", &m.MaxReplayRate) && m.MaxReplayRate < 0 {
+		t.errf("max_replay_rate", "must be 0 (unlimited) or a positive number of messages per second")
+	}
+	if t.duration("message_expiry", &m.MessageExpiry) && m.MessageExpiry != 0 &&
+		(m.MessageExpiry < time.Second || m.MessageExpiry > math.MaxUint32*time.Second || m.MessageExpiry%time.Second != 0) {
+		t.errf("message_expiry", "must be \"0s\" (none) or whole seconds from \"1s\" to %q", (math.MaxUint32 * time.Second).String())
+	}
+	t.intv("dead_letter_attempts", &m.DeadLetterAttempts, 1, 1000)
 
 	if (m.CertFile == "") != (m.KeyFile == "") && t.has("cert_file") != t.has("key_file") {
 		if m.CertFile == "" {

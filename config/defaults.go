@@ -28,6 +28,9 @@ import "time"
 //	mqtt.publish                         "tag"
 //	mqtt.retain                          false
 //	mqtt.command_max_age                 "30s" ("0s" disables the check)
+//	mqtt.max_replay_rate                 0 (backlog drained as fast as the broker takes it)
+//	mqtt.message_expiry                  "0s" (telemetry never expires at the broker)
+//	mqtt.dead_letter_attempts            5 (refusals before a record goes to <state_dir>/deadletter.jsonl)
 //	buffer.max_bytes                     "1GiB"
 //	buffer.max_age                       "0s" (no age limit)
 //	buffer.segment_bytes                 "64MiB", or max_bytes/8 (at least 64KiB) when that is smaller
@@ -103,16 +106,17 @@ func defaultConfig() Config {
 			LogLevel: "info",
 		},
 		MQTT: MQTT{
-			URL:            "mqtt://127.0.0.1:1883",
-			QoS:            1,
-			KeepAlive:      30 * time.Second,
-			ConnectTimeout: 10 * time.Second,
-			SessionExpiry:  24 * time.Hour,
-			MaxInflight:    256,
-			ReconnectMin:   100 * time.Millisecond,
-			ReconnectMax:   30 * time.Second,
-			Publish:        PublishTag,
-			CommandMaxAge:  30 * time.Second,
+			URL:                "mqtt://127.0.0.1:1883",
+			QoS:                1,
+			KeepAlive:          30 * time.Second,
+			ConnectTimeout:     10 * time.Second,
+			SessionExpiry:      24 * time.Hour,
+			MaxInflight:        256,
+			ReconnectMin:       100 * time.Millisecond,
+			ReconnectMax:       30 * time.Second,
+			Publish:            PublishTag,
+			CommandMaxAge:      30 * time.Second,
+			DeadLetterAttempts: 5,
 		},
 		Buffer: Buffer{
 			MaxBytes:     1 * GiB,

@@ -33,14 +33,14 @@ func publisherConfig(cfg *config.Config, version string, logger *slog.Logger) (m
 		ReconnectMin:   m.ReconnectMin,
 		ReconnectMax:   m.ReconnectMax,
 		// The session store needs a directory of its own.
-		SessionDir:     filepath.Join(cfg.Gateway.StateDir, "mqtt"),
-		DeadLetterFile: filepath.Join(cfg.Gateway.StateDir, "deadletter.jsonl"),
-		// TODO(config): map mqtt.max_replay_rate, mqtt.message_expiry and
-		// mqtt.dead_letter_attempts once the config has them
-		// (MaxReplayRate, MessageExpiry, DeadLetterAttempts).
-		StatusTopic: m.TopicPrefix + "/status",
-		Version:     version,
-		Logger:      logger,
+		SessionDir:         filepath.Join(cfg.Gateway.StateDir, "mqtt"),
+		DeadLetterFile:     filepath.Join(cfg.Gateway.StateDir, "deadletter.jsonl"),
+		DeadLetterAttempts: m.DeadLetterAttempts,
+		MaxReplayRate:      m.MaxReplayRate,
+		MessageExpiry:      m.MessageExpiry,
+		StatusTopic:        m.TopicPrefix + "/status",
+		Version:            version,
+		Logger:             logger,
 	}, nil
 }
 

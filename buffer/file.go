@@ -5,9 +5,10 @@ import (
 	"os"
 )
 
-// segmentFile is the storage of one segment. Its main purpose is letting
-// tests inject faults (short writes, ENOSPC, failing fsync).
-type segmentFile interface {
+// File is the storage of one segment file, as Options.OpenFile returns it.
+// Its main purpose is letting tests inject faults (short writes, ENOSPC,
+// failing fsync): see package buffertest.
+type File interface {
 	io.ReaderAt
 	io.WriterAt
 	Truncate(size int64) error
@@ -15,10 +16,17 @@ type segmentFile interface {
 	Close() error
 }
 
-// openFunc opens a segment file; flag is passed to os.OpenFile.
-type openFunc func(path string, flag int) (segmentFile, error)
+// segmentFile is the package's old name of File.
+type segmentFile = File
 
-func openOSFile(path string, flag int) (segmentFile, error) {
+// openFunc opens a segment file; flag is passed to os.OpenFile.
+type openFunc = func(path string, flag int) (File, error)
+
+// OpenOSFile is the default Options.OpenFile: os.OpenFile with mode 0644,
+// and Sync is fdatasync on Linux.
+func OpenOSFile(path string, flag int) (File, error) { return openOSFile(path, flag) }
+
+func openOSFile(path string, flag int) (File, error) {
 	f, err := os.OpenFile(path, flag, 0o644)
 	if err != nil {
 		return nil, err

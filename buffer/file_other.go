@@ -5,3 +5,5 @@ package buffer
 import "os"
 
 func fdatasync(f *os.File) error { return f.Sync() }
+
+func freeBytes(string) (int64, bool) { return 0, false }

@@ -7,3 +7,5 @@ import "os"
 func lockDir(path string) (*os.File, error) {
 	return os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 }
+
+func lockHeld(string) (bool, error) { return false, nil }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -40,9 +41,13 @@ func (m SyncMode) String() string {
 
 // Defaults for zero Options fields.
 const (
-	DefaultSegmentBytes = 64 << 20
-	DefaultSyncInterval = 10 * time.Millisecond
+	DefaultSegmentBytes   = 64 << 20
+	DefaultSyncInterval   = 10 * time.Millisecond
+	DefaultCursorInterval = 100 * time.Millisecond
 )
+
+// maxGroupYields bounds the yields of a group commit leader (see syncTo).
+const maxGroupYields = 8
 
 // AckWindow bounds the out-of-order acknowledgements: Ack(seq) fails with
 // ErrAckWindow when seq >= Acked()+AckWindow.
@@ -69,33 +74,136 @@ type Options struct {
 	MaxBytes int64
 	// Sync selects the durability mode; the zero value is SyncAlways.
 	Sync SyncMode
-	// SyncInterval is the minimum time between background fsyncs (SyncBatch)
-	// and between cursor writes (all modes). If zero, DefaultSyncInterval.
+	// SyncInterval is the minimum time between background fsyncs
+	// (SyncBatch). If zero, DefaultSyncInterval.
 	SyncInterval time.Duration
+	// CursorInterval is the minimum time between background writes of the
+	// commit cursor (each costs two fsyncs), in every mode; Sync and Close
+	// write it at once. After a crash, up to CursorInterval of acks are
+	// lost and those records are delivered again. If zero,
+	// DefaultCursorInterval.
+	CursorInterval time.Duration
+	// MaxAge, if positive, drops whole segments whose newest record was
+	// appended more than MaxAge ago, acked or not (see the package
+	// documentation). Checked at most every MaxAge/20 (at least every
+	// minute, at most every 10ms).
+	MaxAge time.Duration
 	// Logger receives warnings about corruption, dropped records and I/O
 	// errors. If nil, nothing is logged.
 	Logger *slog.Logger
 
-	// openFile opens segment files; tests replace it to inject faults.
-	openFile openFunc
+	// OpenFile opens segment files. If nil, os.OpenFile. Tests replace it
+	// to inject faults (see package buffertest).
+	OpenFile func(path string, flag int) (File, error)
+
+	// now is the clock of append times; tests replace it.
+	now func() time.Time
 }
 
-// Stats is a snapshot of the log's counters.
+// Stats is a snapshot of the log's counters and gauges, cheap enough to
+// take at every metrics scrape (no I/O). Counters marked "since Open" start
+// at zero with every Open.
 type Stats struct {
-	Records     uint64 // appended but not yet committed: NextSeq - AckedSeq
-	Bytes       int64  // total size of the segment files
-	Segments    int    // number of segment files
-	Dropped     uint64 // unacked records deleted by the size cap
-	Corrupt     uint64 // records skipped because their bytes were corrupt
-	WriteErrors uint64 // failed writes, fsyncs and cursor writes
-	OldestSeq   uint64 // first seq of the oldest retained segment
-	AckedSeq    uint64 // the commit cursor, see Log.Acked
-	NextSeq     uint64 // the seq the next record will get
+	// Gauges.
+	Records uint64 // depth: appended but not yet committed, NextSeq - AckedSeq
+	Bytes   int64  // size of the retained segment files (acked records included until their segment is deleted)
+	// PendingBytes is the size of the frames of the uncommitted records,
+	// to within one sparse index step (16 KiB; never less than the truth).
+	PendingBytes int64
+	Segments     int // number of retained segment files
+	// OldestTime is the append time of the oldest uncommitted record, zero
+	// when everything is committed or the time is unknown (records written
+	// by format version 1). It is exact to within one sparse index step
+	// (16 KiB of records; never later than the true time), so
+	// time.Since(OldestTime) is the age of the backlog, rounded up.
+	OldestTime time.Time
+	// NewestTime is the append time of the newest record, zero if unknown.
+	NewestTime time.Time
+	OldestSeq  uint64 // first seq of the oldest retained segment
+	AckedSeq   uint64 // the commit cursor, see Log.Acked
+	NextSeq    uint64 // the seq the next record will get
+
+	// Counters.
+	Appended  uint64 // records appended since Open
+	Committed uint64 // records committed by Ack since Open (the cursor moved over them)
+	Dropped   uint64 // uncommitted records deleted by the size cap or MaxAge, since Open
+	Expired   uint64 // the part of Dropped deleted by MaxAge
+	// Corrupt counts records lost to corruption (bad checksums, torn
+	// sealed segments, missing segments) over the life of the directory:
+	// it starts at the sum recorded in corrupt/ and every corruption is
+	// counted once, not again after a restart.
+	Corrupt     uint64
+	WriteErrors uint64 // failed writes, fsyncs, segment creations and cursor writes, since Open
+	// CursorWrites counts cursor file writes since Open (at most one per
+	// Options.CursorInterval in the background).
+	CursorWrites uint64
+	Fsync        FsyncStats
+}
+
+// FsyncBuckets are the upper bounds of the fsync latency histogram.
+var FsyncBuckets = [...]time.Duration{
+	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 2500 * time.Millisecond,
+}
+
+// FsyncStats describes the latency of the data fsyncs (fdatasync) of
+// segment files since Open, failed ones included. Buckets are cumulative like
+// a Prometheus histogram: Buckets[i] counts the fsyncs that took at most
+// FsyncBuckets[i]; Count includes the slower ones (the +Inf bucket).
+type FsyncStats struct {
+	Count   uint64
+	Sum     time.Duration
+	Max     time.Duration
+	Buckets [len(FsyncBuckets)]uint64
+}
+
+// fsyncHist records fsync latencies without a lock.
+type fsyncHist struct {
+	count, sum, max atomic.Uint64
+	buckets         [len(FsyncBuckets)]atomic.Uint64
+}
+
+func (h *fsyncHist) observe(d time.Duration) {
+	h.count.Add(1)
+	h.sum.Add(uint64(d))
+	for {
+		m := h.max.Load()
+		if uint64(d) <= m || h.max.CompareAndSwap(m, uint64(d)) {
+			break
+		}
+	}
+	for i, b := range FsyncBuckets {
+		if d <= b {
+			h.buckets[i].Add(1)
+			break
+		}
+	}
+}
+
+func (h *fsyncHist) snapshot() FsyncStats {
+	st := FsyncStats{Count: h.count.Load(), Sum: time.Duration(h.sum.Load()), Max: time.Duration(h.max.Load())}
+	var cum uint64
+	for i := range h.buckets {
+		cum += h.buckets[i].Load()
+		st.Buckets[i] = cum
+	}
+	return st
+}
+
+// syncFile fsyncs f and records the latency.
+func (l *Log) syncFile(f File) error {
+	start := time.Now()
+	err := f.Sync()
+	l.fsyncs.observe(time.Since(start))
+	return err
 }
 
 type indexEntry struct {
 	seq uint64
 	off int64
+	ts  int64 // append time of the record, Unix nanoseconds (0: unknown)
 }
 
 // segment is one segment file. All fields are guarded by Log.mu.
@@ -103,11 +211,18 @@ type segment struct {
 	base    uint64 // seq in the file name; no record in the file is below it
 	name    string
 	path    string
-	f       segmentFile // nil when not open
-	size    int64       // bytes of valid data (readable by Scan)
-	refs    int         // Scans and syncs using f
+	f       File  // nil when not open
+	size    int64 // bytes of valid data (readable by Scan)
+	refs    int   // Scans and syncs using f
 	deleted bool
 	broken  bool // a failed write could not be truncated away: cut before the next append
+
+	// Append times, Unix nanoseconds, 0 when unknown. newestTS is exact
+	// for segments written or fully read by this process; for sealed
+	// segments of an earlier run it is the file's mtime until Scan reads
+	// them (never earlier than the true time, so MaxAge never drops early).
+	firstTS, newestTS int64
+	gapChecked        bool // Scan has checked the seqs between this segment's end and the next
 
 	// Sparse index of [0, scanOff): entries at most indexEvery bytes apart.
 	// scanPrev is the seq of the last valid frame before scanOff (base-1 if
@@ -137,17 +252,31 @@ type Log struct {
 	syncing  bool       // a group fsync is in progress
 	closed   bool
 	total    int64 // sum of segment sizes
-	wbuf     []byte
 
-	dropped, corrupt, writeErrors atomic.Uint64
+	// Frames appended but not yet written (see flushLocked): always empty
+	// outside Append except with SyncAlways, where the group commit leader
+	// writes them. They go to the active segment at offset size.
+	gbuf   []byte
+	gidx   []indexEntry // index entries of gbuf
+	gcount uint64       // records in gbuf: seqs [next-gcount, next)
+	group  *flushGroup  // the Appends whose records are in gbuf
+
+	pending []*segment // dropped segments, deleted after the next cursor write
+
+	dropped, expired, corrupt, writeErrors atomic.Uint64
+	appended, committed, cursorWrites      atomic.Uint64
+	fsyncs                                 fsyncHist
+
+	corruptMu   sync.Mutex
+	corruptSeen map[string]bool // keys of corruptions already recorded in corrupt/
 
 	scanMu sync.Mutex // serialises Scan; guards the fields below
 	cache  scanPos
 	rd     segReader // keeps its buffer across Scans of rdSeg
 	rdSeg  *segment
 
-	cursorMu  sync.Mutex // serialises checkpoints
-	persisted uint64     // cursor value last written (0: none)
+	cursorMu  sync.Mutex    // serialises checkpoints
+	persisted atomic.Uint64 // cursor value last written (0: none); written under cursorMu
 
 	notify chan struct{}
 	kick   chan struct{}
@@ -176,8 +305,14 @@ func Open(dir string, opts Options) (*Log, error) {
 	if opts.SyncInterval <= 0 {
 		opts.SyncInterval = DefaultSyncInterval
 	}
-	if opts.openFile == nil {
-		opts.openFile = openOSFile
+	if opts.CursorInterval <= 0 {
+		opts.CursorInterval = DefaultCursorInterval
+	}
+	if opts.OpenFile == nil {
+		opts.OpenFile = openOSFile
+	}
+	if opts.now == nil {
+		opts.now = time.Now
 	}
 	logger := opts.Logger
 	if logger == nil {
@@ -210,6 +345,10 @@ func Open(dir string, opts Options) (*Log, error) {
 		lock.Close()
 		return nil, fmt.Errorf("buffer: open %s: %w", dir, err)
 	}
+	if free, ok := freeBytes(dir); ok && opts.MaxBytes > 0 && free+l.total < opts.MaxBytes {
+		logger.Warn("buffer: max_bytes is larger than the free disk space: when the disk fills up, appends fail (and readings are lost) before the size cap drops old records",
+			"dir", dir, "max_bytes", opts.MaxBytes, "free_bytes", free, "buffer_bytes", l.total)
+	}
 	go l.run()
 	return l, nil
 }
@@ -217,10 +356,13 @@ func Open(dir string, opts Options) (*Log, error) {
 func (l *Log) active() *segment { return l.segs[len(l.segs)-1] }
 
 // Append appends recs as consecutive records and returns the seq of the
-// first. The batch is written with one write call and is all-or-nothing: on
-// error no seq is consumed (except after a failed fsync in SyncAlways mode,
-// see the package documentation). recs are not retained. With no records,
-// Append returns NextSeq and does nothing.
+// first. The batch is written with one write call (with SyncAlways, one
+// shared with concurrent Appends) and is all-or-nothing: on error no seq is
+// consumed (except after a failed fsync in SyncAlways mode, see the package
+// documentation), the error is counted in Stats().WriteErrors and the log
+// stays usable; on a full disk (ENOSPC) Append fails until there is room
+// again and drops nothing. recs are not retained. With no records, Append
+// returns NextSeq and does nothing. Safe for concurrent use.
 func (l *Log) Append(recs ...[]byte) (first uint64, err error) {
 	size := 0
 	for _, r := range recs {
@@ -252,37 +394,116 @@ func (l *Log) Append(recs ...[]byte) (first uint64, err error) {
 			return 0, fmt.Errorf("buffer: truncate %s: %w", s.path, err)
 		}
 	}
-	if s.broken || (s.size > 0 && s.size+int64(size) > l.opts.SegmentBytes) {
+	if logical := s.size + int64(len(l.gbuf)); s.broken || (logical > 0 && logical+int64(size) > l.opts.SegmentBytes) {
 		if err := l.cutLocked(); err != nil {
 			l.writeErrors.Add(1)
 			l.mu.Unlock()
 			return 0, err
 		}
 		s = l.active()
+		first = l.next
 	}
 
-	buf := l.wbuf[:0]
-	nidx := len(s.idx)
-	off := s.size
+	// One append time for the batch; never behind the newest record, so
+	// times are monotonic within the log even if the wall clock steps back.
+	ts := max(l.opts.now().UnixNano(), s.newestTS)
+	off := s.size + int64(len(l.gbuf))
+	if off == 0 {
+		s.firstTS = ts
+	}
+	s.newestTS = ts
+	lastIdx := int64(-indexEvery)
+	if n := len(l.gidx); n > 0 {
+		lastIdx = l.gidx[n-1].off
+	} else if n := len(s.idx); n > 0 {
+		lastIdx = s.idx[n-1].off
+	}
+	if len(l.gbuf) == 0 && cap(l.gbuf) < size {
+		l.gbuf = make([]byte, 0, size)
+	}
 	for i, r := range recs {
 		seq := first + uint64(i)
-		if len(s.idx) == 0 || off-s.idx[len(s.idx)-1].off >= indexEvery {
-			s.idx = append(s.idx, indexEntry{seq: seq, off: off})
+		if off-lastIdx >= indexEvery {
+			l.gidx = append(l.gidx, indexEntry{seq: seq, off: off, ts: ts})
+			lastIdx = off
 		}
-		buf = appendFrame(buf, seq, r)
+		l.gbuf = appendFrame(l.gbuf, seq, ts, r)
 		off += int64(frameHeaderSize + len(r))
 	}
-	if cap(buf) <= 4<<20 {
-		l.wbuf = buf
-	} else {
-		l.wbuf = nil
+	n := uint64(len(recs))
+	l.next += n
+	l.gcount += n
+	l.appended.Add(n)
+	target := l.next
+
+	if l.opts.Sync == SyncAlways {
+		// Group commit: the records are written, together with those of
+		// concurrent Appends, by the goroutine that leads the next fsync.
+		grp := l.groupLocked()
+		l.mu.Unlock()
+		if err := l.commit(grp, target); err != nil {
+			if errors.Is(err, errFlush) {
+				return 0, err
+			}
+			return first, err
+		}
+		return first, nil
 	}
+	err = l.flushLocked()
+	l.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if l.opts.Sync == SyncBatch {
+		l.kickBackground()
+	}
+	return first, nil
+}
+
+// flushGroup is the outcome of one flushLocked for the Appends whose
+// records it wrote. Guarded by Log.mu.
+type flushGroup struct {
+	flushed bool  // flushLocked ran (the write succeeded unless err is set)
+	err     error // the write failed: the records are not in the log
+}
+
+// groupLocked returns the group of the records now pending.
+func (l *Log) groupLocked() *flushGroup {
+	if l.group == nil {
+		l.group = new(flushGroup)
+	}
+	return l.group
+}
+
+// errFlush marks errors of writes (as opposed to fsyncs): the records were
+// not appended and their seqs are not consumed.
+var errFlush = errors.New("write failed")
+
+type flushError struct{ err error }
+
+func (e *flushError) Error() string   { return e.err.Error() }
+func (e *flushError) Unwrap() []error { return []error{e.err, errFlush} }
+
+// flushLocked writes the pending frames (l.gbuf) to the active segment with
+// one write call and makes them visible to Scan. If the write fails, the
+// pending records are discarded, their seqs given back, and the error is
+// recorded for the Appends of this flush generation.
+func (l *Log) flushLocked() error {
+	grp := l.group
+	l.group = nil
+	if grp != nil {
+		grp.flushed = true
+	}
+	if len(l.gbuf) == 0 {
+		return nil
+	}
+	s := l.active()
+	buf := l.gbuf
 	n, err := s.f.WriteAt(buf, s.size)
 	if err == nil && n < len(buf) {
 		err = io.ErrShortWrite
 	}
 	if err != nil {
-		s.idx = s.idx[:nidx]
 		if terr := s.f.Truncate(s.size); terr != nil {
 			// The file may hold a partial batch past s.size. Readers never
 			// look past s.size; start a new segment for the next batch.
@@ -290,40 +511,48 @@ func (l *Log) Append(recs ...[]byte) (first uint64, err error) {
 			l.logger.Warn("buffer: cannot truncate after failed write", "segment", s.path, "err", terr)
 		}
 		l.writeErrors.Add(1)
-		l.mu.Unlock()
-		return 0, fmt.Errorf("buffer: append to %s: %w", s.path, err)
+		l.next -= l.gcount
+		l.appended.Add(-l.gcount)
+		l.resetPendingLocked()
+		ferr := &flushError{fmt.Errorf("buffer: append to %s: %w", s.path, err)}
+		if grp != nil {
+			grp.err = ferr
+		}
+		return ferr
 	}
-	s.size = off
-	s.scanOff = off
-	s.scanPrev = first + uint64(len(recs)) - 1
-	l.total += int64(size)
-	l.next += uint64(len(recs))
-	target := l.next
+	s.idx = append(s.idx, l.gidx...)
+	s.size += int64(len(buf))
+	s.scanOff = s.size
+	s.scanPrev = l.next - 1
+	l.total += int64(len(buf))
+	l.resetPendingLocked()
 	if l.opts.MaxBytes > 0 && l.total > l.opts.MaxBytes {
 		l.enforceCapLocked()
 	}
-	l.mu.Unlock()
-
 	select {
 	case l.notify <- struct{}{}:
 	default:
 	}
-	switch l.opts.Sync {
-	case SyncAlways:
-		if err := l.syncTo(target); err != nil {
-			return first, err
-		}
-	case SyncBatch:
-		l.kickBackground()
+	return nil
+}
+
+func (l *Log) resetPendingLocked() {
+	if cap(l.gbuf) > 4<<20 {
+		l.gbuf = nil
 	}
-	return first, nil
+	l.gbuf = l.gbuf[:0]
+	l.gidx = l.gidx[:0]
+	l.gcount = 0
 }
 
 // cutLocked fsyncs and seals the active segment and starts a new one whose
 // base is l.next.
 func (l *Log) cutLocked() error {
+	if err := l.flushLocked(); err != nil {
+		return err
+	}
 	old := l.active()
-	if err := old.f.Sync(); err != nil {
+	if err := l.syncFile(old.f); err != nil {
 		return fmt.Errorf("buffer: sync %s: %w", old.path, err)
 	}
 	if l.next > l.synced {
@@ -342,7 +571,7 @@ func (l *Log) cutLocked() error {
 func (l *Log) createSegmentLocked(base uint64) (*segment, error) {
 	name := segmentName(base)
 	path := filepath.Join(l.dir, name)
-	f, err := l.opts.openFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL)
+	f, err := l.opts.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL)
 	if err != nil {
 		return nil, fmt.Errorf("buffer: create segment: %w", err)
 	}
@@ -351,33 +580,25 @@ func (l *Log) createSegmentLocked(base uint64) (*segment, error) {
 		os.Remove(path)
 		return nil, fmt.Errorf("buffer: create segment %s: sync dir: %w", path, err)
 	}
-	return &segment{base: base, name: name, path: path, f: f, scanPrev: base - 1}, nil
+	return &segment{base: base, name: name, path: path, f: f, scanPrev: base - 1, gapChecked: true}, nil
 }
 
 // enforceCapLocked drops the oldest segments until the log fits MaxBytes.
 func (l *Log) enforceCapLocked() {
-	var dropped, lo, hi uint64
-	n := 0
+	n, dropped, lo, hi := 0, uint64(0), uint64(0), uint64(0)
 	for l.total > l.opts.MaxBytes && len(l.segs) > 1 {
-		s, nextBase := l.segs[0], l.segs[1].base
-		if from := max(s.base, l.acked); nextBase > from {
+		d, from, to := l.dropOldestLocked()
+		if d > 0 {
 			if dropped == 0 {
 				lo = from
 			}
-			dropped += nextBase - from
-			hi = nextBase - 1
+			dropped += d
+			hi = to
 		}
-		if nextBase > l.acked {
-			l.advanceAckedLocked(nextBase)
-		}
-		l.removeOldestLocked()
 		n++
 	}
 	if n == 0 {
 		return
-	}
-	if err := syncDir(l.dir); err != nil {
-		l.logger.Warn("buffer: sync dir after dropping segments", "dir", l.dir, "err", err)
 	}
 	if dropped > 0 {
 		l.dropped.Add(dropped)
@@ -385,6 +606,77 @@ func (l *Log) enforceCapLocked() {
 			"records", dropped, "first_seq", lo, "last_seq", hi, "segments", n, "max_bytes", l.opts.MaxBytes)
 	}
 	l.kickBackground()
+}
+
+// expire drops the segments whose newest record is older than MaxAge. The
+// newest segment is cut first when it is old and not empty, so that it can
+// go too.
+func (l *Log) expire() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.opts.MaxAge <= 0 {
+		return
+	}
+	limit := l.opts.now().Add(-l.opts.MaxAge).UnixNano()
+	old := func(s *segment) bool { return s.size > 0 && s.newestTS != 0 && s.newestTS < limit }
+	if len(l.segs) == 0 || !old(l.segs[0]) {
+		return
+	}
+	if a := l.active(); old(a) && !a.broken {
+		// Everything is old: start an empty newest segment (it keeps the
+		// next seq) so the old one can be dropped.
+		if err := l.cutLocked(); err != nil {
+			l.writeErrors.Add(1)
+			l.logger.Warn("buffer: cannot start a new segment to expire the old one", "err", err)
+		}
+	}
+	n, dropped, lo, hi := 0, uint64(0), uint64(0), uint64(0)
+	var newest int64
+	for len(l.segs) > 1 && (old(l.segs[0]) || l.segs[0].size == 0) {
+		newest = max(newest, l.segs[0].newestTS)
+		d, from, to := l.dropOldestLocked()
+		if d > 0 {
+			if dropped == 0 {
+				lo = from
+			}
+			dropped += d
+			hi = to
+		}
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	if dropped > 0 {
+		l.dropped.Add(dropped)
+		l.expired.Add(dropped)
+		l.logger.Warn("buffer: max_age exceeded, dropped oldest unacknowledged records",
+			"records", dropped, "first_seq", lo, "last_seq", hi, "segments", n,
+			"max_age", l.opts.MaxAge, "newest_dropped", time.Unix(0, newest).UTC())
+	}
+	l.kickBackground()
+}
+
+// dropOldestLocked drops the oldest segment (not the newest), moving the
+// cursor past it. Its file is deleted by the next checkpoint, after the
+// cursor is written, so a crash cannot leave the persisted cursor below the
+// oldest segment file. It returns the number of uncommitted records dropped
+// and their range.
+func (l *Log) dropOldestLocked() (dropped, lo, hi uint64) {
+	s, nextBase := l.segs[0], l.segs[1].base
+	if from := max(s.base, l.acked); nextBase > from {
+		dropped, lo, hi = nextBase-from, from, nextBase-1
+	}
+	if nextBase > l.acked {
+		l.advanceAckedLocked(nextBase)
+	}
+	l.segs[0] = nil
+	l.segs = l.segs[1:]
+	l.total -= s.size
+	s.deleted = true
+	l.pending = append(l.pending, s)
+	l.releaseFileLocked(s)
+	return dropped, lo, hi
 }
 
 // removeOldestLocked deletes the oldest segment file.
@@ -411,12 +703,27 @@ func (l *Log) releaseFileLocked(s *segment) {
 	}
 }
 
-// syncTo makes all records below target durable. Concurrent callers share
-// fsyncs: one leader syncs everything written so far, the others wait.
+// syncTo makes all records below target durable.
 func (l *Log) syncTo(target uint64) error {
 	l.mu.Lock()
+	grp := l.groupLocked()
+	l.mu.Unlock()
+	return l.commit(grp, target)
+}
+
+// commit returns once the records of grp, up to target, are written and
+// fsynced. Concurrent callers share the work: one
+// leader writes everything pending with one write call and fsyncs, the
+// others wait for it (group commit).
+func (l *Log) commit(grp *flushGroup, target uint64) error {
+	l.mu.Lock()
+retry:
 	for {
-		if l.synced >= target {
+		if grp.err != nil {
+			l.mu.Unlock()
+			return grp.err
+		}
+		if grp.flushed && l.synced >= target {
 			l.mu.Unlock()
 			return nil
 		}
@@ -426,13 +733,34 @@ func (l *Log) syncTo(target uint64) error {
 		l.syncCond.Wait()
 	}
 	l.syncing = true
+	// Goroutines woken by the previous fsync are usually about to append
+	// again. Yield while appends keep arriving (a few times at most) so
+	// they join this write and fsync instead of fsyncs alternating between
+	// one record and all the others. A lone appender pays one Gosched.
+	for range maxGroupYields {
+		before := l.next
+		l.mu.Unlock()
+		runtime.Gosched()
+		l.mu.Lock()
+		if l.next == before {
+			break
+		}
+	}
+	if err := l.flushLocked(); err != nil {
+		// The failed write may hold other Appends' records only (this
+		// caller's may have been written by an earlier flush): the loop
+		// above returns the error to the Appends it belongs to.
+		l.syncing = false
+		l.syncCond.Broadcast()
+		goto retry
+	}
 	s := l.active()
 	end := l.next
 	f := s.f
 	s.refs++
 	l.mu.Unlock()
 
-	err := f.Sync()
+	err := l.syncFile(f)
 
 	l.mu.Lock()
 	s.refs--
@@ -442,12 +770,14 @@ func (l *Log) syncTo(target uint64) error {
 		l.synced = end
 	}
 	l.syncCond.Broadcast()
-	l.mu.Unlock()
-	if err != nil {
-		l.writeErrors.Add(1)
-		return fmt.Errorf("buffer: sync %s: %w", s.path, err)
+	if err == nil {
+		// Check this caller's own records: while the leader yielded, a
+		// segment cut may have written them, or failed to.
+		goto retry
 	}
-	return nil
+	l.mu.Unlock()
+	l.writeErrors.Add(1)
+	return fmt.Errorf("buffer: sync %s: %w", s.path, err)
 }
 
 // Scan calls fn for up to max records (no limit if max <= 0) with seq >=
@@ -488,13 +818,15 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 		off, prev := l.seekLocked(s, from)
 		end := s.size
 		front, frontPrev := s.scanOff, s.scanPrev
+		frontTS := s.newestTS
 		oldFront := front
+		gapChecked := s.gapChecked
 		lastIdx := int64(-1)
 		if len(s.idx) > 0 {
 			lastIdx = s.idx[len(s.idx)-1].off
 		}
 		if s.f == nil {
-			f, err := l.opts.openFile(s.path, os.O_RDONLY)
+			f, err := l.opts.OpenFile(s.path, os.O_RDONLY)
 			if err != nil {
 				l.mu.Unlock()
 				if errors.Is(err, os.ErrNotExist) && sealed {
@@ -519,9 +851,9 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 		r.f, r.end = s.f, end
 		var newIdx []indexEntry
 		var ferr, ioErr error
-		full := false
+		full, tailReported := false, false
 		for off < end {
-			seq, data, n, bad, err := r.frameAt(off, prev)
+			seq, ts, data, n, bad, err := r.frameAt(off, prev)
 			if err != nil {
 				ioErr = err
 				break
@@ -542,6 +874,7 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 							missing = nextBase - frontPrev - 1
 						}
 						front = end
+						tailReported = true
 					}
 					l.reportCorrupt(s, off, nx, missing, bad)
 				}
@@ -550,8 +883,11 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 			}
 			if off == front {
 				front, frontPrev = off+n, seq
+				if ts != 0 {
+					frontTS = ts
+				}
 				if lastIdx < 0 || off-lastIdx >= indexEvery {
-					newIdx = append(newIdx, indexEntry{seq: seq, off: off})
+					newIdx = append(newIdx, indexEntry{seq: seq, off: off, ts: ts})
 					lastIdx = off
 				}
 			}
@@ -572,10 +908,23 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 			}
 		}
 
+		// The first time Scan gets through a sealed segment, seqs missing
+		// between its last record and the next segment (a deleted or lost
+		// segment) are counted, unless a corrupt tail already was.
+		if sealed && ioErr == nil && front == end && !gapChecked && !tailReported && nextBase > frontPrev+1 {
+			l.reportGap(s, end, nextBase-frontPrev-1)
+		}
+
 		l.mu.Lock()
 		if front > oldFront && s.scanOff == oldFront {
 			s.idx = append(s.idx, newIdx...)
 			s.scanOff, s.scanPrev = front, frontPrev
+			if front == end && sealed && frontTS != 0 {
+				s.newestTS = frontTS // exact now; was the mtime
+			}
+		}
+		if front == end && sealed && ioErr == nil {
+			s.gapChecked = true
 		}
 		old := l.cache.seg
 		if ferr == nil && ioErr == nil {
@@ -649,6 +998,7 @@ func (l *Log) Ack(seq uint64) error {
 		l.acks.clear(n)
 		n++
 	}
+	l.committed.Add(n - l.acked)
 	l.acked = n
 	l.kickBackground()
 	return nil
@@ -710,19 +1060,64 @@ func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := Stats{
-		Records:     l.next - l.acked,
-		Bytes:       l.total,
-		Segments:    len(l.segs),
-		Dropped:     l.dropped.Load(),
-		Corrupt:     l.corrupt.Load(),
-		WriteErrors: l.writeErrors.Load(),
-		AckedSeq:    l.acked,
-		NextSeq:     l.next,
+		Records:      l.next - l.acked,
+		Bytes:        l.total,
+		Segments:     len(l.segs),
+		Appended:     l.appended.Load(),
+		Committed:    l.committed.Load(),
+		Dropped:      l.dropped.Load(),
+		Expired:      l.expired.Load(),
+		Corrupt:      l.corrupt.Load(),
+		WriteErrors:  l.writeErrors.Load(),
+		Fsync:        l.fsyncs.snapshot(),
+		CursorWrites: l.cursorWrites.Load(),
+		AckedSeq:     l.acked,
+		NextSeq:      l.next,
 	}
 	if len(l.segs) > 0 {
 		st.OldestSeq = l.segs[0].base
+		if ts := l.active().newestTS; ts != 0 {
+			st.NewestTime = time.Unix(0, ts)
+		} else if len(l.segs) > 1 && l.segs[len(l.segs)-2].newestTS != 0 {
+			st.NewestTime = time.Unix(0, l.segs[len(l.segs)-2].newestTS)
+		}
+		if l.acked < l.next {
+			if ts := l.timeOfLocked(l.acked); ts != 0 {
+				st.OldestTime = time.Unix(0, ts)
+			}
+			st.PendingBytes = l.pendingBytesLocked()
+		}
 	}
 	return st
+}
+
+// pendingBytesLocked returns the bytes from the index entry at or before
+// the cursor to the end of the log.
+func (l *Log) pendingBytesLocked() int64 {
+	i := max(sort.Search(len(l.segs), func(i int) bool { return l.segs[i].base > l.acked })-1, 0)
+	n := int64(len(l.gbuf))
+	for _, s := range l.segs[i:] {
+		n += s.size
+	}
+	s := l.segs[i]
+	if j := sort.Search(len(s.idx), func(j int) bool { return s.idx[j].seq > l.acked }) - 1; j >= 0 {
+		n -= s.idx[j].off
+	}
+	return n
+}
+
+// timeOfLocked returns the append time of the last indexed record at or
+// before seq (or of the first record of its segment), 0 if unknown.
+func (l *Log) timeOfLocked(seq uint64) int64 {
+	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].base > seq }) - 1
+	if i < 0 {
+		i = 0
+	}
+	s := l.segs[i]
+	if j := sort.Search(len(s.idx), func(j int) bool { return s.idx[j].seq > seq }) - 1; j >= 0 && s.idx[j].ts != 0 {
+		return s.idx[j].ts
+	}
+	return s.firstTS
 }
 
 // Close fsyncs, writes the cursor, stops the background goroutine and closes
@@ -768,69 +1163,120 @@ func (l *Log) kickBackground() {
 	}
 }
 
-// run is the background goroutine: at most every SyncInterval it fsyncs
-// (SyncBatch), writes the cursor and deletes committed segments.
+// run is the background goroutine. It fsyncs at most every SyncInterval
+// while there is unsynced data (SyncBatch), writes the cursor and deletes
+// committed or dropped segments at most every CursorInterval while there is
+// something to do, and enforces MaxAge. Failures are logged once and retried
+// at the next interval.
 func (l *Log) run() {
 	defer close(l.done)
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	var last time.Time
-	failing := false
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var ageC <-chan time.Time
+	if l.opts.MaxAge > 0 {
+		tick := time.NewTicker(min(max(l.opts.MaxAge/20, 10*time.Millisecond), time.Minute))
+		defer tick.Stop()
+		ageC = tick.C
+	}
+	var lastSync, lastCursor time.Time
+	var syncFailing, cursorFailing bool
 	for {
 		select {
 		case <-l.quit:
 			return
 		case <-l.kick:
+		case <-ageC:
+			l.expire()
 		}
-		if d := l.opts.SyncInterval - time.Since(last); d > 0 {
-			t.Reset(d)
+		for {
+			l.mu.Lock()
+			needSync := l.opts.Sync == SyncBatch && l.synced < l.next
+			target := l.next
+			needCursor := l.acked != l.persisted.Load() || len(l.pending) > 0 ||
+				(len(l.segs) > 1 && l.segs[1].base <= l.persisted.Load())
+			l.mu.Unlock()
+			if !needSync && !needCursor {
+				break
+			}
+			now := time.Now()
+			wait := time.Duration(-1)
+			if needSync {
+				if d := l.opts.SyncInterval - now.Sub(lastSync); d > 0 {
+					wait = d
+				} else {
+					lastSync = now
+					err := l.syncTo(target)
+					syncFailing = l.logFailure("fsync", err, syncFailing)
+					continue
+				}
+			}
+			if needCursor {
+				if d := l.opts.CursorInterval - now.Sub(lastCursor); d > 0 {
+					if wait < 0 || d < wait {
+						wait = d
+					}
+				} else {
+					lastCursor = now
+					err := l.checkpoint()
+					cursorFailing = l.logFailure("cursor write", err, cursorFailing)
+					continue
+				}
+			}
+			timer.Reset(wait)
 			select {
 			case <-l.quit:
-				t.Stop()
+				timer.Stop()
 				return
-			case <-t.C:
+			case <-timer.C:
+			case <-ageC:
+				timer.Stop()
+				l.expire()
 			}
 		}
-		last = time.Now()
-		var err error
-		if l.opts.Sync == SyncBatch {
-			l.mu.Lock()
-			target := l.next
-			l.mu.Unlock()
-			err = l.syncTo(target)
-		}
-		err = errors.Join(err, l.checkpoint())
-		if err != nil && !failing {
-			l.logger.Error("buffer: background sync failed; will retry", "err", err)
-		} else if err == nil && failing {
-			l.logger.Info("buffer: background sync recovered")
-		}
-		if err != nil {
-			// Retry at the next interval even without new appends.
-			l.kickBackground()
-		}
-		failing = err != nil
 	}
 }
 
-// checkpoint writes the cursor if it moved and deletes the segments whose
-// records are all below the persisted cursor (never the newest one).
+// logFailure logs the first of a series of background failures and the
+// recovery; it returns whether the operation is failing now.
+func (l *Log) logFailure(op string, err error, failing bool) bool {
+	if err != nil && !failing {
+		l.logger.Error("buffer: background "+op+" failed; will retry", "err", err)
+	} else if err == nil && failing {
+		l.logger.Info("buffer: background " + op + " recovered")
+	}
+	return err != nil
+}
+
+// checkpoint writes the cursor if it moved, then deletes the segments
+// dropped by the size cap or MaxAge and those whose records are all below
+// the persisted cursor (never the newest one).
 func (l *Log) checkpoint() error {
 	l.cursorMu.Lock()
 	defer l.cursorMu.Unlock()
 	l.mu.Lock()
 	c := l.acked
+	pending := l.pending
+	l.pending = nil
 	l.mu.Unlock()
-	if c != l.persisted {
+	if c != l.persisted.Load() {
 		if err := writeCursor(l.dir, c); err != nil {
 			l.writeErrors.Add(1)
+			l.mu.Lock()
+			l.pending = append(pending, l.pending...)
+			l.mu.Unlock()
 			return fmt.Errorf("buffer: %w", err)
 		}
-		l.persisted = c
+		l.persisted.Store(c)
+		l.cursorWrites.Add(1)
 	}
+	for _, s := range pending {
+		if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.logger.Warn("buffer: remove segment", "segment", s.path, "err", err)
+		}
+	}
+	n := len(pending)
 	l.mu.Lock()
-	n := 0
-	for len(l.segs) > 1 && l.segs[1].base <= l.persisted {
+	for len(l.segs) > 1 && l.segs[1].base <= c {
 		l.removeOldestLocked()
 		n++
 	}

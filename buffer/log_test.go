@@ -56,7 +56,7 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("Append after reopen = %d, %v", first, err)
 			}
 			st := l.Stats()
-			if st.Records != 61 || st.NextSeq != 102 || st.AckedSeq != 41 || st.Corrupt != 0 {
+			if st.Records != 61 || st.NextSeq != 102 || st.AckedSeq != 41 || st.Corrupt != 0 || st.PendingBytes < 61*frameHeaderSize || st.PendingBytes > st.Bytes {
 				t.Fatalf("Stats = %+v", st)
 			}
 		})
@@ -194,9 +194,9 @@ func TestCursorPersistedInBackground(t *testing.T) {
 
 func TestRotationAndDeletion(t *testing.T) {
 	dir := t.TempDir()
-	opts := Options{Sync: SyncBatch, SegmentBytes: 1200, SyncInterval: time.Hour}
+	opts := Options{Sync: SyncBatch, SegmentBytes: 10 * frame100, SyncInterval: time.Hour, CursorInterval: time.Hour}
 	l := openLog(t, dir, opts)
-	appendN(t, l, 100, 100) // 120 bytes a frame: 10 per segment
+	appendN(t, l, 100, 100) // 10 frames per segment
 	files := segFiles(t, dir)
 	if len(files) != 10 {
 		t.Fatalf("%d segment files, want 10: %v", len(files), files)
@@ -213,7 +213,7 @@ func TestRotationAndDeletion(t *testing.T) {
 	if files := segFiles(t, dir); len(files) != 7 || filepath.Base(files[0]) != "00000000000000000031.seg" {
 		t.Fatalf("after acking 35: %v", files)
 	}
-	if st := l.Stats(); st.Segments != 7 || st.OldestSeq != 31 || st.Bytes != 70*120 {
+	if st := l.Stats(); st.Segments != 7 || st.OldestSeq != 31 || st.Bytes != 70*frame100 {
 		t.Fatalf("Stats = %+v", st)
 	}
 	for seq := uint64(36); seq <= 100; seq++ {
@@ -231,14 +231,14 @@ func TestRotationAndDeletion(t *testing.T) {
 
 func TestOpenReadsOnlyNewestSegment(t *testing.T) {
 	dir := t.TempDir()
-	opts := Options{Sync: SyncNone, SegmentBytes: 1200}
+	opts := Options{Sync: SyncNone, SegmentBytes: 10 * frame100}
 	l := openLog(t, dir, opts)
 	appendN(t, l, 100, 100)
 	l.Close()
 
 	var mu sync.Mutex
 	opened := map[string]int{}
-	opts.openFile = func(path string, flag int) (segmentFile, error) {
+	opts.OpenFile = func(path string, flag int) (segmentFile, error) {
 		mu.Lock()
 		opened[filepath.Base(path)]++
 		mu.Unlock()
@@ -280,7 +280,7 @@ func TestScanIsIncremental(t *testing.T) {
 
 	var read int64
 	var mu sync.Mutex
-	opts.openFile = func(path string, flag int) (segmentFile, error) {
+	opts.OpenFile = func(path string, flag int) (segmentFile, error) {
 		f, err := openOSFile(path, flag)
 		if err != nil {
 			return nil, err
@@ -398,7 +398,7 @@ func TestLockedDir(t *testing.T) {
 func TestSizeCap(t *testing.T) {
 	var lb logBuffer
 	dir := t.TempDir()
-	opts := Options{Sync: SyncNone, SegmentBytes: 1200, MaxBytes: 6000, Logger: lb.logger()}
+	opts := Options{Sync: SyncNone, SegmentBytes: 10 * frame100, MaxBytes: 50 * frame100, Logger: lb.logger()}
 	l := openLog(t, dir, opts)
 	for i := range 1000 {
 		if _, err := l.Append(rec(uint64(i+1), 100)); err != nil {
@@ -508,5 +508,16 @@ func TestConcurrentAppendScanAck(t *testing.T) {
 				t.Fatalf("Stats = %+v", st)
 			}
 		})
+	}
+}
+
+func TestWarnMaxBytesOverFreeSpace(t *testing.T) {
+	if _, ok := freeBytes(t.TempDir()); !ok {
+		t.Skip("no statfs")
+	}
+	var lb logBuffer
+	openLog(t, t.TempDir(), Options{MaxBytes: 1 << 62, Logger: lb.logger()})
+	if !strings.Contains(lb.String(), "larger than the free disk space") {
+		t.Fatalf("no warning:\n%s", lb.String())
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"testing"
@@ -131,3 +132,8 @@ func eqSeqs(a, b []uint64) bool {
 }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// frame100 is the size of the frame of a 100-byte record.
+const frame100 = frameHeaderSize + 100
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

@@ -1,9 +1,12 @@
 // Package gateway wires ferry together: it opens the disk buffer, starts a
-// poller per device that appends every reading to the buffer, and runs the
-// MQTT publisher that drains the buffer to the broker. Run owns the
+// runner per device that appends every reading to the buffer, and runs the
+// MQTT publisher that drains the buffer to the broker. A Gateway owns the
 // lifecycle; the order of shutdown is what makes the guarantees of
 // CONTRACT.md hold (stop polling, sync the buffer, publish what can be
-// published within a grace period, say offline, close).
+// published within a grace period, say offline, close). Reload applies a
+// new config device by device without a gap for the untouched ones, and
+// Health, Progress and Status feed /healthz, the systemd watchdog and
+// `systemctl status`.
 package gateway
 
 import (
@@ -13,10 +16,9 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/ferry-gateway/ferry/adapters/modbus"
-	"github.com/ferry-gateway/ferry/adapters/opcua"
 	"github.com/ferry-gateway/ferry/buffer"
 	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/gateway/mqtt"
@@ -34,109 +36,242 @@ type Options struct {
 	// cancelled; what is left stays in the buffer for the next start.
 	// Zero means DefaultShutdownGrace.
 	ShutdownGrace time.Duration
-	// OnReady, if set, is called once the buffer is open and every poller
-	// and the publisher have been started.
+	// OnReady, if set, is called once the buffer is open and every device
+	// runner and the publisher have been started.
 	OnReady func()
 }
 
-// Run runs the gateway described by cfg until ctx is cancelled. It returns
-// nil after a clean shutdown and an error when the gateway cannot start or
-// its publisher fails for good.
+// Gateway is one running ferry. Create it with New, then call Run once.
+type Gateway struct {
+	opts   Options
+	logger *slog.Logger
+	blog   *buffer.Log
+	bufDir string
+	sink   *sink
+
+	// mu guards the fields below. Lock order: mu, then statesMu. Nothing
+	// that a device runner calls (the sink, deviceState) takes mu, so mu
+	// may be held while a device is stopped; and no adapter method (Stats)
+	// is called with mu held, since adapters hold their own locks while
+	// calling the sink.
+	mu       sync.Mutex
+	cfg      *config.Config
+	devices  map[string]*device
+	metrics  *metricsServer
+	running  context.Context // set by Run: the context device runners live in
+	progress progressState
+
+	// statesMu guards states and the switch of pub, so that every device
+	// state reaches the publisher in force (see deviceState).
+	statesMu sync.Mutex
+	states   map[string]deviceState // latest P/DEVICE/status per device
+	pub      atomic.Pointer[publisher]
+}
+
+type deviceState struct {
+	up      bool
+	topic   string
+	payload []byte
+}
+
+// publisher is the running MQTT publisher with its own lifetime: it
+// outlives polling at shutdown and is replaced when a reload changes
+// [mqtt].
+type publisher struct {
+	*mqtt.Publisher
+	cancel context.CancelFunc
+	done   chan error // receives Run's result once
+}
+
+// Run runs the gateway described by cfg until ctx is cancelled: New, then
+// (*Gateway).Run.
 func Run(ctx context.Context, cfg *config.Config, opts Options) error {
-	logger := opts.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	grace := opts.ShutdownGrace
-	if grace <= 0 {
-		grace = DefaultShutdownGrace
-	}
-
-	bufDir := filepath.Join(cfg.Gateway.StateDir, "buffer")
-	blog, err := buffer.Open(bufDir, bufferOptions(cfg.Buffer, logger))
-	if err != nil {
-		return fmt.Errorf("open buffer %s: %w", bufDir, err)
-	}
-	defer func() {
-		if err := blog.Close(); err != nil {
-			logger.Error("close buffer", "dir", bufDir, "err", err)
-		}
-	}()
-
-	pubCfg, err := publisherConfig(cfg, opts.Version, logger)
+	g, err := New(cfg, opts)
 	if err != nil {
 		return err
 	}
-	pub, err := mqtt.New(pubCfg, blog)
+	return g.Run(ctx)
+}
+
+// New opens the buffer and builds every part of the gateway without
+// starting any I/O to devices or the broker.
+func New(cfg *config.Config, opts Options) (*Gateway, error) {
+	g := &Gateway{
+		opts:    opts,
+		logger:  opts.Logger,
+		cfg:     cfg,
+		devices: make(map[string]*device),
+		states:  make(map[string]deviceState),
+	}
+	if g.logger == nil {
+		g.logger = slog.New(slog.DiscardHandler)
+	}
+	if g.opts.ShutdownGrace <= 0 {
+		g.opts.ShutdownGrace = DefaultShutdownGrace
+	}
+	g.bufDir = filepath.Join(cfg.Gateway.StateDir, "buffer")
+	blog, err := buffer.Open(g.bufDir, bufferOptions(cfg.Buffer, g.logger))
 	if err != nil {
-		return fmt.Errorf("mqtt publisher: %w", err)
+		return nil, fmt.Errorf("open buffer %s: %w", g.bufDir, err)
 	}
-	sink := newSink(cfg, blog, pub, logger)
-
-	pollers := make([]interface{ Run(context.Context) error }, 0, len(cfg.Modbus)+len(cfg.OPCUA))
-	for _, dev := range cfg.Modbus {
-		p, err := modbus.NewPoller(dev, sink, logger)
+	g.blog = blog
+	g.sink = newSink(cfg, blog, g, g.logger)
+	for _, d := range deviceConfigs(cfg) {
+		dev, err := g.newDevice(d)
 		if err != nil {
-			return fmt.Errorf("modbus device %q: %w", dev.Name, err)
+			blog.Close()
+			return nil, err
 		}
-		pollers = append(pollers, p)
+		g.devices[d.name] = dev
 	}
-	for _, dev := range cfg.OPCUA {
-		c, err := opcua.NewClient(dev, cfg.Gateway.StateDir, sink, logger)
-		if err != nil {
-			return fmt.Errorf("opcua device %q: %w", dev.Name, err)
+	if _, err := publisherConfig(cfg, opts.Version, g.logger); err != nil {
+		blog.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// Run runs the gateway until ctx is cancelled. It returns nil after a
+// clean shutdown and an error when the publisher fails for good.
+func (g *Gateway) Run(ctx context.Context) error {
+	defer func() {
+		if err := g.blog.Close(); err != nil {
+			g.logger.Error("close buffer", "dir", g.bufDir, "err", err)
 		}
-		pollers = append(pollers, c)
-	}
-	warnUnsupported(cfg, logger)
-
-	// The publisher outlives polling: it gets its own context, cancelled
-	// only after the grace period of the shutdown.
-	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopPub()
-	pubDone := make(chan error, 1)
-	go func() { pubDone <- pub.Run(pubCtx) }()
-
+	}()
 	pollCtx, stopPolling := context.WithCancel(ctx)
 	defer stopPolling()
-	var wg sync.WaitGroup
-	for _, p := range pollers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := p.Run(pollCtx); err != nil && !errors.Is(err, context.Canceled) {
-				logger.Error("poller stopped", "err", err)
-			}
-		}()
+
+	g.mu.Lock()
+	g.running = pollCtx
+	cfg := g.cfg
+	if err := g.startPublisher(ctx, cfg); err != nil {
+		g.mu.Unlock()
+		return err
 	}
-	logger.Info("gateway started", "buffer", bufDir, "broker", cfg.MQTT.URL,
-		"topic_prefix", cfg.MQTT.TopicPrefix, "pending", blog.NextSeq()-blog.Acked())
-	if opts.OnReady != nil {
-		opts.OnReady()
+	for _, d := range g.devices {
+		g.startDevice(d)
+	}
+	metricsListen := cfg.Metrics.Listen
+	g.mu.Unlock()
+	pub := g.pub.Load()
+
+	// The metrics collector reads the gateway under its locks: start the
+	// endpoint with none held.
+	if metricsListen != "" {
+		m, err := g.startMetrics(metricsListen)
+		if err != nil {
+			g.stopDevicesAndPublisher(stopPolling, false)
+			return err
+		}
+		g.mu.Lock()
+		g.metrics = m
+		g.mu.Unlock()
+	}
+
+	warnUnsupported(cfg, g.logger)
+	g.logger.Info("gateway started", "buffer", g.bufDir, "broker", cfg.MQTT.URL,
+		"topic_prefix", cfg.MQTT.TopicPrefix, "devices", len(g.devices), "pending", g.blog.NextSeq()-g.blog.Acked())
+	if g.opts.OnReady != nil {
+		g.opts.OnReady()
 	}
 
 	var runErr error
-	select {
-	case <-ctx.Done():
-	case err := <-pubDone:
-		// The publisher only returns on its own when it cannot go on.
-		runErr = fmt.Errorf("mqtt publisher: %w", err)
-		pubDone <- nil
+	for runErr == nil {
+		select {
+		case <-ctx.Done():
+		case err := <-pub.done:
+			// The publisher only returns on its own when it cannot go on;
+			// one replaced by a reload returned to whoever replaced it.
+			current := g.pub.Load()
+			if current == pub {
+				runErr = fmt.Errorf("mqtt publisher: %w", err)
+				pub.done <- err
+				continue
+			}
+			pub = current
+			continue
+		}
+		break
 	}
-
-	stopPolling()
-	wg.Wait()
-	if err := blog.Sync(); err != nil {
-		logger.Error("sync buffer", "dir", bufDir, "err", err)
-	}
-	if runErr == nil {
-		drain(blog, pub, grace, logger)
-	}
-	stopPub()
-	if err := <-pubDone; err != nil && runErr == nil && !errors.Is(err, context.Canceled) {
-		runErr = fmt.Errorf("mqtt publisher: %w", err)
-	}
+	g.stopDevicesAndPublisher(stopPolling, runErr == nil)
 	return runErr
+}
+
+// stopDevicesAndPublisher is the shutdown: stop polling, sync the buffer,
+// publish the backlog within the grace period (when drain), stop the
+// publisher (which says offline) and the metrics endpoint.
+func (g *Gateway) stopDevicesAndPublisher(stopPolling context.CancelFunc, drainBacklog bool) {
+	stopPolling()
+	g.mu.Lock()
+	devs := make([]*device, 0, len(g.devices))
+	for _, d := range g.devices {
+		devs = append(devs, d)
+	}
+	m := g.metrics
+	g.metrics = nil
+	g.mu.Unlock()
+	pub := g.pub.Load()
+	for _, d := range devs {
+		d.wait()
+	}
+	if err := g.blog.Sync(); err != nil {
+		g.logger.Error("sync buffer", "dir", g.bufDir, "err", err)
+	}
+	if pub != nil {
+		if drainBacklog {
+			drain(g.blog, pub.Publisher, g.opts.ShutdownGrace, g.logger)
+		}
+		pub.cancel()
+		if err := <-pub.done; err != nil && !errors.Is(err, context.Canceled) {
+			g.logger.Error("mqtt publisher", "err", err)
+		}
+	}
+	if m != nil {
+		m.close()
+	}
+}
+
+// startPublisher starts a publisher for cfg, replacing none; g.mu held.
+func (g *Gateway) startPublisher(parent context.Context, cfg *config.Config) error {
+	pubCfg, err := publisherConfig(cfg, g.opts.Version, g.logger)
+	if err != nil {
+		return err
+	}
+	p, err := mqtt.New(pubCfg, g.blog)
+	if err != nil {
+		return fmt.Errorf("mqtt publisher: %w", err)
+	}
+	// The publisher outlives polling: its context is cancelled only after
+	// the grace period of the shutdown (or when a reload replaces it).
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	h := &publisher{Publisher: p, cancel: cancel, done: make(chan error, 1)}
+	g.statesMu.Lock()
+	for _, st := range g.states {
+		p.PublishState(st.topic, st.payload)
+	}
+	g.pub.Store(h)
+	g.statesMu.Unlock()
+	go func() { h.done <- p.Run(ctx) }()
+	return nil
+}
+
+// deviceState records a device's state and publishes its retained status.
+// It implements stater for the sink.
+func (g *Gateway) deviceState(device string, up bool, topic string, payload []byte) {
+	g.statesMu.Lock()
+	defer g.statesMu.Unlock()
+	g.states[device] = deviceState{up: up, topic: topic, payload: payload}
+	if pub := g.pub.Load(); pub != nil {
+		pub.PublishState(topic, payload) // does not block
+	}
+}
+
+// deviceUp reports the last state a device reported.
+func (g *Gateway) deviceUp(name string) bool {
+	g.statesMu.Lock()
+	defer g.statesMu.Unlock()
+	return g.states[name].up
 }
 
 // drain waits until everything buffered is acknowledged by the broker, the
@@ -159,6 +294,7 @@ func bufferOptions(b config.Buffer, logger *slog.Logger) buffer.Options {
 	o := buffer.Options{
 		SegmentBytes: b.SegmentBytes,
 		MaxBytes:     b.MaxBytes,
+		MaxAge:       b.MaxAge,
 		SyncInterval: b.SyncInterval,
 		Logger:       logger.With("component", "buffer"),
 	}
@@ -177,14 +313,15 @@ func bufferOptions(b config.Buffer, logger *slog.Logger) buffer.Options {
 // accepts in the config but does not act on yet, so nobody believes a
 // setting is in force when it is not.
 func warnUnsupported(cfg *config.Config, logger *slog.Logger) {
-	if cfg.Metrics.Listen != "" {
-		logger.Warn("metrics.listen is set but this build serves no metrics endpoint yet", "listen", cfg.Metrics.Listen)
-	}
-	if cfg.Buffer.MaxAge > 0 {
-		logger.Warn("buffer.max_age is not enforced by this build yet; only buffer.max_bytes caps the buffer", "max_age", cfg.Buffer.MaxAge)
-	}
 	writable := 0
 	for _, d := range cfg.Modbus {
+		for _, t := range d.Tags {
+			if t.Writable {
+				writable++
+			}
+		}
+	}
+	for _, d := range cfg.OPCUA {
 		for _, t := range d.Tags {
 			if t.Writable {
 				writable++

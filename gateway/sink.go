@@ -16,9 +16,10 @@ type appender interface {
 	Append(recs ...[]byte) (first uint64, err error)
 }
 
-// stater publishes retained device state messages.
+// stater receives device state changes as retained P/DEVICE/status
+// messages.
 type stater interface {
-	PublishState(topic string, payload []byte)
+	deviceState(device string, up bool, topic string, payload []byte)
 }
 
 type tagKey struct{ device, tag string }
@@ -35,17 +36,22 @@ type tagInfo struct {
 // or per device (one record per Readings call, topic P/DEVICE, payload
 // {"ts":...,"values":{"TAG":{"value":...,"quality":...,"ts":...},...},"seq":N}).
 type sink struct {
-	log     appender
-	states  stater
-	prefix  string
-	tags    map[tagKey]tagInfo    // read-only after newSink
-	devices map[string]deviceInfo // read-only after newSink
-	logger  *slog.Logger
+	log    appender
+	states stater
+	routes atomic.Pointer[routes] // replaced whole on reload
+	logger *slog.Logger
 
 	scratch sync.Pool // *batch
 
 	appendErrors atomic.Uint64
 	lastErrLog   atomic.Int64 // unix nanos of the last logged append error
+}
+
+// routes maps devices and tags to topics; immutable once built.
+type routes struct {
+	prefix  string
+	tags    map[tagKey]tagInfo
+	devices map[string]deviceInfo
 }
 
 type deviceInfo struct {
@@ -61,35 +67,39 @@ type batch struct {
 }
 
 func newSink(cfg *config.Config, log appender, states stater, logger *slog.Logger) *sink {
-	s := &sink{
-		log:     log,
-		states:  states,
+	s := &sink{log: log, states: states, logger: logger}
+	s.scratch.New = func() any { return new(batch) }
+	s.setRoutes(cfg)
+	return s
+}
+
+// setRoutes makes the sink publish by cfg's topics and modes from now on.
+func (s *sink) setRoutes(cfg *config.Config) {
+	r := &routes{
 		prefix:  cfg.MQTT.TopicPrefix,
 		tags:    make(map[tagKey]tagInfo),
 		devices: make(map[string]deviceInfo),
-		logger:  logger,
 	}
-	s.scratch.New = func() any { return new(batch) }
 	addDevice := func(name, publish string) {
-		s.devices[name] = deviceInfo{
+		r.devices[name] = deviceInfo{
 			perDevice: publish == config.PublishDevice,
-			topic:     s.prefix + "/" + name,
+			topic:     r.prefix + "/" + name,
 			retain:    cfg.MQTT.Retain,
 		}
 	}
 	for _, d := range cfg.Modbus {
 		addDevice(d.Name, d.Publish)
 		for _, t := range d.Tags {
-			s.tags[tagKey{d.Name, t.Name}] = tagInfo{s.prefix + "/" + d.Name + "/" + t.Name, t.Retain}
+			r.tags[tagKey{d.Name, t.Name}] = tagInfo{r.prefix + "/" + d.Name + "/" + t.Name, t.Retain}
 		}
 	}
 	for _, d := range cfg.OPCUA {
 		addDevice(d.Name, d.Publish)
 		for _, t := range d.Tags {
-			s.tags[tagKey{d.Name, t.Name}] = tagInfo{s.prefix + "/" + d.Name + "/" + t.Name, t.Retain}
+			r.tags[tagKey{d.Name, t.Name}] = tagInfo{r.prefix + "/" + d.Name + "/" + t.Name, t.Retain}
 		}
 	}
-	return s
+	s.routes.Store(r)
 }
 
 // Readings appends the records of one poll cycle or notification batch, all
@@ -102,11 +112,12 @@ func (s *sink) Readings(rs []adapters.Reading) {
 	b := s.scratch.Get().(*batch)
 	defer s.scratch.Put(b)
 	b.buf, b.ends, b.recs = b.buf[:0], b.ends[:0], b.recs[:0]
-	if dev, ok := s.devices[rs[0].Device]; ok && dev.perDevice {
+	r := s.routes.Load()
+	if dev, ok := r.devices[rs[0].Device]; ok && dev.perDevice {
 		b.buf = appendDeviceRecord(b.buf, dev, rs)
 		b.ends = append(b.ends, len(b.buf))
 	} else {
-		s.appendTagRecords(b, rs)
+		r.appendTagRecords(b, rs)
 	}
 	start := 0
 	for _, end := range b.ends {
@@ -145,11 +156,11 @@ func appendDeviceRecord(dst []byte, dev deviceInfo, rs []adapters.Reading) []byt
 	return append(dst, '}')
 }
 
-func (s *sink) appendTagRecords(b *batch, rs []adapters.Reading) {
+func (r *routes) appendTagRecords(b *batch, rs []adapters.Reading) {
 	for i := range rs {
-		info, ok := s.tags[tagKey{rs[i].Device, rs[i].Tag}]
+		info, ok := r.tags[tagKey{rs[i].Device, rs[i].Tag}]
 		if !ok {
-			info.topic = s.prefix + "/" + rs[i].Device + "/" + rs[i].Tag
+			info.topic = r.prefix + "/" + rs[i].Device + "/" + rs[i].Tag
 		}
 		b.buf = record.AppendReading(b.buf, info.topic, info.retain, rs[i])
 		b.ends = append(b.ends, len(b.buf))
@@ -190,5 +201,5 @@ func (s *sink) DeviceState(device string, up bool, err error) {
 	} else {
 		s.logger.Warn("device down", "device", device, "err", err)
 	}
-	s.states.PublishState(s.prefix+"/"+device+"/status", b)
+	s.states.deviceState(device, up, s.routes.Load().prefix+"/"+device+"/status", b)
 }

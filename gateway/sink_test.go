@@ -23,7 +23,7 @@ type stateLog struct {
 	bodies []string
 }
 
-func (s *stateLog) PublishState(topic string, payload []byte) {
+func (s *stateLog) deviceState(_ string, _ bool, topic string, payload []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.topics = append(s.topics, topic)

@@ -8,10 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/gateway"
+	"github.com/ferry-gateway/ferry/systemd"
 )
 
 func cmdCheck(_ context.Context, args []string, stdout, stderr io.Writer) int {
@@ -69,11 +72,46 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ferry run: %v\n", err)
 		return exitUsage
 	}
-	go watchHangup(ctx, *path, logger)
-
 	logger.Info("ferry starting", "version", version, "config", *path,
 		"modbus_devices", len(cfg.Modbus), "opcua_devices", len(cfg.OPCUA))
-	if err := gateway.Run(ctx, cfg, gateway.Options{Logger: logger, Version: version}); err != nil {
+	notify := systemd.NewNotifier(logger)
+	// SIGHUP is caught from the start (its default action would kill the
+	// gateway) and handled once the gateway is ready.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	// What the service manager wants runs beside the gateway once it is
+	// ready, and ends with it: reload on SIGHUP, STATUS= every few
+	// seconds, the watchdog.
+	sideCtx, stopSide := context.WithCancel(ctx)
+	var side sync.WaitGroup
+	var g *gateway.Gateway
+	ready := func() {
+		notify.Ready()
+		side.Go(func() { watchHangup(sideCtx, hup, *path, g, notify, logger) })
+		side.Go(func() { reportStatus(sideCtx, g, notify) })
+		side.Go(func() { notify.Watchdog(sideCtx, g.Progress) })
+	}
+	g, err = gateway.New(cfg, gateway.Options{Logger: logger, Version: version, OnReady: ready})
+	if err != nil {
+		stopSide()
+		logger.Error("ferry cannot start", "err", err)
+		return exitFailure
+	}
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			notify.Stopping()
+		case <-stopped:
+		}
+	}()
+
+	err = g.Run(ctx)
+	close(stopped)
+	stopSide()
+	side.Wait()
+	if err != nil {
 		logger.Error("ferry stopped", "err", err)
 		return exitFailure
 	}
@@ -81,30 +119,49 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
 	return exitOK
 }
 
-// watchHangup validates the config file on SIGHUP. Without a handler the
-// default action of SIGHUP would kill the gateway; until live reload lands,
-// a valid new file is reported as needing a restart.
-func watchHangup(ctx context.Context, path string, logger *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// statusEvery is how often STATUS= is sent to the service manager.
+const statusEvery = 5 * time.Second
+
+func reportStatus(ctx context.Context, g *gateway.Gateway, notify *systemd.Notifier) {
+	t := time.NewTicker(statusEvery)
+	defer t.Stop()
+	for {
+		notify.Status(g.Status())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// watchHangup reloads the config file on SIGHUP: an invalid file is logged
+// error by error and the running config stays in force; a valid one is
+// applied device by device.
+func watchHangup(ctx context.Context, hup <-chan os.Signal, path string, g *gateway.Gateway, notify *systemd.Notifier, logger *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
 		}
-		if _, err := config.Load(path); err != nil {
+		notify.Reloading()
+		cfg, err := config.Load(path)
+		switch {
+		case err != nil:
 			var errs config.Errors
 			if errors.As(err, &errs) {
 				for _, e := range errs {
 					logger.Error("reload: invalid config, keeping the running one", "error", e.Error())
 				}
-				continue
+			} else {
+				logger.Error("reload: keeping the running config", "err", err)
 			}
-			logger.Error("reload: keeping the running config", "err", err)
-			continue
+		default:
+			if err := g.Reload(cfg); err != nil {
+				logger.Error("reload: keeping the running config", "err", err)
+			}
 		}
-		logger.Warn("reload: the new config is valid; restart ferry to apply it (live reload is not supported yet)", "config", path)
+		notify.Ready()
 	}
 }

@@ -187,9 +187,11 @@ func TestBrokerRestartWithoutPersistence(t *testing.T) {
 	cfg.QoS = 2
 	cfg.SessionDir = t.TempDir()
 	// The broker forgets the subscriber too: a new one subscribes right
-	// after the restart, well before the publisher reconnects.
-	cfg.ReconnectMin = time.Second
-	cfg.ReconnectMax = time.Second
+	// after the restart, well before the publisher reconnects (what the
+	// publisher sends before that subscription exists reaches nobody, a
+	// loss of the test's, not ferry's). 3 s leaves room on a loaded machine.
+	cfg.ReconnectMin = 3 * time.Second
+	cfg.ReconnectMax = 3 * time.Second
 	p, err := New(cfg, l)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,161 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-gateway/ferry/adapters/modbus/modbustest"
+	"github.com/ferry-gateway/ferry/config"
+	"github.com/ferry-gateway/ferry/internal/mosquittotest"
+)
+
+func loadConfig(t *testing.T, text string) *config.Config {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "ferry.toml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("config:\n%v", err)
+	}
+	return cfg
+}
+
+func twoDevices(t *testing.T, broker string, a, b *modbustest.Server) *config.Config {
+	return loadConfig(t, fmt.Sprintf(`
+[gateway]
+id = "gw"
+state_dir = %q
+[mqtt]
+url = %q
+[metrics]
+listen = ""
+[[modbus]]
+name = "good"
+url = %q
+interval = "50ms"
+  [[modbus.tag]]
+  name = "t"
+  table = "holding"
+  address = 0
+  type = "uint16"
+[[modbus]]
+name = "hung"
+url = %q
+interval = "50ms"
+  [[modbus.tag]]
+  name = "t"
+  table = "holding"
+  address = 0
+  type = "uint16"
+`, t.TempDir(), broker, a.URL(), b.URL()))
+}
+
+// hangRunner is a device loop that hangs until the gateway stops.
+type hangRunner struct{}
+
+func (hangRunner) Run(ctx context.Context) error { <-ctx.Done(); return nil }
+
+// TestProgressDetectsHungDevice: a device loop that stops making progress
+// makes Progress fail (so the watchdog stops pinging); a working device and
+// a working publisher do not.
+func TestProgressDetectsHungDevice(t *testing.T) {
+	broker := mosquittotest.Start(t)
+	g, err := New(twoDevices(t, broker.URL(), modbustest.New(t), modbustest.New(t)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.devices["hung"].run = hangRunner{}
+	for _, d := range g.devices {
+		d.stallFor = 500 * time.Millisecond
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	var err2 error
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err2 = g.Progress(); err2 != nil {
+			break
+		}
+	}
+	if err2 == nil || !strings.Contains(err2.Error(), "device hung made no progress") {
+		t.Fatalf("Progress = %v, want the hung device named", err2)
+	}
+	if strings.Contains(err2.Error(), "device good") || strings.Contains(err2.Error(), "mqtt") {
+		t.Errorf("Progress blames a working part: %v", err2)
+	}
+	if h := g.Health(); h.Devices != 2 || h.DevicesUp != 1 {
+		t.Errorf("health %+v, want 1 of 2 devices up", h)
+	}
+	if s := g.Status(); !strings.HasPrefix(s, "1/2 devices up, mqtt ") {
+		t.Errorf("status %q", s)
+	}
+}
+
+// TestReloadDevices: a changed device restarts, a removed one stops and
+// its retained status is cleared, an untouched one keeps running, and a
+// config whose new device cannot be built changes nothing.
+func TestReloadDevices(t *testing.T) {
+	broker := mosquittotest.Start(t)
+	a, b := modbustest.New(t), modbustest.New(t)
+	cfg := twoDevices(t, broker.URL(), a, b)
+	sub := mosquittotest.Subscribe(t, broker.URL(), "ferry/gw/+/status", 1)
+	g, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if _, err := sub.WaitFor(20*time.Second, func(m mosquittotest.Message) bool { return m.Topic == "ferry/gw/hung/status" }); err != nil {
+		t.Fatal(err)
+	}
+	good := g.devices["good"]
+
+	next := *cfg
+	next.Modbus = []config.ModbusDevice{cfg.Modbus[0]} // "hung" removed
+	if err := g.Reload(&next); err != nil {
+		t.Fatal(err)
+	}
+	if g.devices["good"] != good {
+		t.Error("the unchanged device was restarted")
+	}
+	if _, ok := g.devices["hung"]; ok {
+		t.Error("the removed device still runs")
+	}
+	if _, err := sub.WaitFor(20*time.Second, func(m mosquittotest.Message) bool {
+		return m.Topic == "ferry/gw/hung/status" && len(m.Payload) == 0 && m.Retain
+	}); err != nil {
+		t.Errorf("the removed device's retained status was not cleared: %v", err)
+	}
+
+	changed := next
+	changed.Modbus = []config.ModbusDevice{next.Modbus[0]}
+	changed.Modbus[0].Interval = 80 * time.Millisecond
+	if err := g.Reload(&changed); err != nil {
+		t.Fatal(err)
+	}
+	if g.devices["good"] == good {
+		t.Error("the changed device kept running with its old config")
+	}
+
+	bad := changed
+	bad.Modbus = append([]config.ModbusDevice{}, changed.Modbus...)
+	bad.Modbus = append(bad.Modbus, config.ModbusDevice{Name: "broken", URL: "tcp://127.0.0.1:1", Tags: []config.ModbusTag{{Name: "x", Table: "holding", Type: "nonsense"}}})
+	before := g.devices["good"]
+	if err := g.Reload(&bad); err == nil {
+		t.Error("a device that cannot be built was accepted")
+	}
+	if g.devices["good"] != before || len(g.devices) != 1 {
+		t.Error("a failed reload changed the running devices")
+	}
+}

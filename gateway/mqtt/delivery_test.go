@@ -203,6 +203,13 @@ func TestBrokerRestartWithoutPersistence(t *testing.T) {
 	b.Kill() // nothing saved
 	// What the broker had acked may have died with it before reaching the
 	// subscriber: that is the broker's loss. Everything else must arrive.
+	// Acks already on the wire are processed until the publisher sees the
+	// connection gone, so the snapshot waits for that.
+	for deadline := time.Now().Add(long); p.Connected(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the publisher did not notice the broker's death")
+		}
+	}
 	l.mu.Lock()
 	ackedBefore := maps.Clone(l.acked)
 	l.mu.Unlock()

@@ -66,6 +66,10 @@ type Gateway struct {
 	statesMu sync.Mutex
 	states   map[string]deviceState // latest P/DEVICE/status per device
 	pub      atomic.Pointer[publisher]
+
+	// failed receives the error of a publisher that ended on its own (it
+	// only does when it cannot go on).
+	failed chan error
 }
 
 type deviceState struct {
@@ -79,8 +83,16 @@ type deviceState struct {
 // [mqtt].
 type publisher struct {
 	*mqtt.Publisher
-	cancel context.CancelFunc
-	done   chan error // receives Run's result once
+	stopping atomic.Bool // set before cancel: its end is not a failure
+	cancel   context.CancelFunc
+	done     chan error // receives Run's result once
+}
+
+// stop ends the publisher and returns what its Run returned.
+func (h *publisher) stop() error {
+	h.stopping.Store(true)
+	h.cancel()
+	return <-h.done
 }
 
 // Run runs the gateway described by cfg until ctx is cancelled: New, then
@@ -102,6 +114,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		cfg:     cfg,
 		devices: make(map[string]*device),
 		states:  make(map[string]deviceState),
+		failed:  make(chan error, 1),
 	}
 	if g.logger == nil {
 		g.logger = slog.New(slog.DiscardHandler)
@@ -154,7 +167,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	metricsListen := cfg.Metrics.Listen
 	g.mu.Unlock()
-	pub := g.pub.Load()
 
 	// The metrics collector reads the gateway under its locks: start the
 	// endpoint with none held.
@@ -177,22 +189,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 
 	var runErr error
-	for runErr == nil {
-		select {
-		case <-ctx.Done():
-		case err := <-pub.done:
-			// The publisher only returns on its own when it cannot go on;
-			// one replaced by a reload returned to whoever replaced it.
-			current := g.pub.Load()
-			if current == pub {
-				runErr = fmt.Errorf("mqtt publisher: %w", err)
-				pub.done <- err
-				continue
-			}
-			pub = current
-			continue
-		}
-		break
+	select {
+	case <-ctx.Done():
+	case err := <-g.failed:
+		runErr = fmt.Errorf("mqtt publisher: %w", err)
 	}
 	g.stopDevicesAndPublisher(stopPolling, runErr == nil)
 	return runErr
@@ -222,8 +222,7 @@ func (g *Gateway) stopDevicesAndPublisher(stopPolling context.CancelFunc, drainB
 		if drainBacklog {
 			drain(g.blog, pub.Publisher, g.opts.ShutdownGrace, g.logger)
 		}
-		pub.cancel()
-		if err := <-pub.done; err != nil && !errors.Is(err, context.Canceled) {
+		if err := pub.stop(); err != nil && !errors.Is(err, context.Canceled) {
 			g.logger.Error("mqtt publisher", "err", err)
 		}
 	}
@@ -252,7 +251,16 @@ func (g *Gateway) startPublisher(parent context.Context, cfg *config.Config) err
 	}
 	g.pub.Store(h)
 	g.statesMu.Unlock()
-	go func() { h.done <- p.Run(ctx) }()
+	go func() {
+		err := p.Run(ctx)
+		h.done <- err
+		if !h.stopping.Load() {
+			select {
+			case g.failed <- err:
+			default:
+			}
+		}
+	}()
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"reflect"
 
@@ -109,11 +110,10 @@ func (g *Gateway) replacePublisher(cfg *config.Config) error {
 	if _, err := publisherConfig(cfg, g.opts.Version, g.logger); err != nil {
 		return err
 	}
-	old := g.pub.Load()
-	if old != nil {
-		old.cancel()
-		err := <-old.done
-		old.done <- err // for Run, which may be waiting on it
+	if old := g.pub.Load(); old != nil {
+		if err := old.stop(); err != nil && !errors.Is(err, context.Canceled) {
+			g.logger.Warn("reload: the replaced publisher ended with an error", "err", err)
+		}
 	}
 	return g.startPublisher(g.running, cfg)
 }

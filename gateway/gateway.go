@@ -60,12 +60,17 @@ type Gateway struct {
 	metrics  *metricsServer
 	running  context.Context // set by Run: the context device runners live in
 	progress progressState
+	commands *commandRouter // rebuilt on reload
 
 	// statesMu guards states and the switch of pub, so that every device
 	// state reaches the publisher in force (see deviceState).
 	statesMu sync.Mutex
 	states   map[string]deviceState // latest P/DEVICE/status per device
 	pub      atomic.Pointer[publisher]
+	// The command subscription every publisher carries (see commands.go).
+	cmdFilter  string
+	cmdQoS     byte
+	cmdHandler atomic.Pointer[func(mqtt.Message)]
 
 	// failed receives the error of a publisher that ended on its own (it
 	// only does when it cannot go on).
@@ -165,6 +170,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	for _, d := range g.devices {
 		g.startDevice(d)
 	}
+	if err := g.startCommands(); err != nil {
+		g.mu.Unlock()
+		g.stopDevicesAndPublisher(stopPolling, false)
+		return fmt.Errorf("commands: %w", err)
+	}
 	metricsListen := cfg.Metrics.Listen
 	g.mu.Unlock()
 
@@ -181,7 +191,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.mu.Unlock()
 	}
 
-	warnUnsupported(cfg, g.logger)
 	g.logger.Info("gateway started", "buffer", g.bufDir, "broker", cfg.MQTT.URL,
 		"topic_prefix", cfg.MQTT.TopicPrefix, "devices", len(g.devices), "pending", g.blog.NextSeq()-g.blog.Acked())
 	if g.opts.OnReady != nil {
@@ -202,6 +211,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 // publish the backlog within the grace period (when drain), stop the
 // publisher (which says offline) and the metrics endpoint.
 func (g *Gateway) stopDevicesAndPublisher(stopPolling context.CancelFunc, drainBacklog bool) {
+	// Commands first: running writes finish on live pollers and their
+	// results go out while the publisher still runs.
+	g.mu.Lock()
+	g.stopCommands()
+	g.mu.Unlock()
 	stopPolling()
 	g.mu.Lock()
 	devs := make([]*device, 0, len(g.devices))
@@ -248,6 +262,15 @@ func (g *Gateway) startPublisher(parent context.Context, cfg *config.Config) err
 	g.statesMu.Lock()
 	for _, st := range g.states {
 		p.PublishState(st.topic, st.payload)
+	}
+	// Subscribed before Run: commands the broker kept for our session
+	// reach the router.
+	if g.cmdFilter != "" {
+		if err := p.Subscribe(g.cmdFilter, g.cmdQoS, g.dispatchCommand); err != nil {
+			g.statesMu.Unlock()
+			cancel()
+			return fmt.Errorf("mqtt publisher: subscribe %s: %w", g.cmdFilter, err)
+		}
 	}
 	g.pub.Store(h)
 	g.statesMu.Unlock()
@@ -315,28 +338,4 @@ func bufferOptions(b config.Buffer, logger *slog.Logger) buffer.Options {
 		o.Sync = buffer.SyncBatch
 	}
 	return o
-}
-
-// warnUnsupported logs, once at start, every configured feature this build
-// accepts in the config but does not act on yet, so nobody believes a
-// setting is in force when it is not.
-func warnUnsupported(cfg *config.Config, logger *slog.Logger) {
-	writable := 0
-	for _, d := range cfg.Modbus {
-		for _, t := range d.Tags {
-			if t.Writable {
-				writable++
-			}
-		}
-	}
-	for _, d := range cfg.OPCUA {
-		for _, t := range d.Tags {
-			if t.Writable {
-				writable++
-			}
-		}
-	}
-	if writable > 0 {
-		logger.Warn("writable tags are configured but this build does not accept commands yet; nothing is written to any device", "writable_tags", writable)
-	}
 }

@@ -53,6 +53,9 @@ func (g *Gateway) Reload(cfg *config.Config) error {
 		fresh[d.name] = dev
 	}
 
+	// The router holds the old devices as writers: close it first, so
+	// running writes end on live devices and queued ones are answered.
+	g.stopCommands()
 	g.cfg = &next
 	g.sink.setRoutes(&next)
 
@@ -79,7 +82,18 @@ func (g *Gateway) Reload(cfg *config.Config) error {
 		started = append(started, name)
 	}
 
-	if !reflect.DeepEqual(old.MQTT, next.MQTT) {
+	mqttChanged := !reflect.DeepEqual(old.MQTT, next.MQTT)
+	if mqttChanged {
+		// The new router subscribes under the new prefix; the publisher
+		// that carries it is the new one.
+		g.statesMu.Lock()
+		g.cmdFilter = ""
+		g.statesMu.Unlock()
+	}
+	if err := g.startCommands(); err != nil {
+		g.logger.Error("reload: commands not accepted until the next reload", "err", err)
+	}
+	if mqttChanged {
 		if err := g.replacePublisher(&next); err != nil {
 			g.logger.Error("reload: mqtt settings not applied; keeping the running publisher", "err", err)
 		} else {

@@ -86,6 +86,10 @@ type Poller struct {
 	now        func() time.Time        // for tests of report by exception
 	pub        [][]adapters.Reading    // per class: the readings delivered by Run
 	onSplit    func(r *request, n int) // test hook
+
+	kick   chan struct{} // a write asks Run for an immediate poll (write.go)
+	kickMu sync.Mutex
+	kicked map[int]bool // scan classes to poll at once
 }
 
 type reqKey struct {
@@ -132,6 +136,7 @@ func NewPoller(dev config.ModbusDevice, sink adapters.Sink, logger *slog.Logger)
 		dev: dev, plan: plan, sink: sink, log: logger,
 		state: -1, minBackoff: minBackoff, maxBackoff: maxBackoff, backoff: minBackoff,
 		reqErr: map[reqKey]string{}, splits: map[*request]*split{}, now: time.Now,
+		kick: make(chan struct{}, 1),
 	}
 	for _, c := range plan.classes {
 		p.last = append(p.last, make([]tagMemory, len(c.names)))
@@ -194,6 +199,16 @@ func (p *Poller) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-timer.C:
+		case <-p.kick:
+			// A write: poll its scan class now, so the new value is
+			// published at once; the cadence stays on its grid.
+			timer.Stop()
+			now := time.Now()
+			for ci := range p.takeKicked() {
+				if ci < len(next) && next[ci].After(now) {
+					next[ci] = now
+				}
+			}
 		}
 		for i, c := range classes {
 			began := time.Now()

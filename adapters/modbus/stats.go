@@ -12,16 +12,18 @@ import (
 // Stats are a poller's counters since NewPoller, for the metrics endpoint
 // (the gateway turns them into collectors). Every field only grows.
 type Stats struct {
-	Requests   uint64            // read requests sent: retries and the parts of split requests included
-	Errors     map[string]uint64 // failed requests by kind: see ErrorKinds
-	Retries    uint64            // requests sent again after a timeout, busy or gateway exception
-	Splits     uint64            // requests split in two after a Modbus exception
-	Reconnects uint64            // connections re-opened by this device after a failure
-	Cycles     uint64            // poll cycles run (Run only)
-	Delivered  uint64            // readings handed to the sink
-	Suppressed uint64            // readings held back by publish = "change"
-	CycleTime  Histogram         // duration of a poll cycle
-	PollJitter Histogram         // how late a cycle started after its scheduled tick
+	Requests    uint64            // read requests sent: retries and the parts of split requests included
+	Errors      map[string]uint64 // failed requests by kind: see ErrorKinds
+	Retries     uint64            // requests sent again after a timeout, busy or gateway exception
+	Splits      uint64            // requests split in two after a Modbus exception
+	Reconnects  uint64            // connections re-opened by this device after a failure
+	Cycles      uint64            // poll cycles run (Run only)
+	Delivered   uint64            // readings handed to the sink
+	Suppressed  uint64            // readings held back by publish = "change"
+	CycleTime   Histogram         // duration of a poll cycle
+	PollJitter  Histogram         // how late a cycle started after its scheduled tick
+	Writes      uint64            // write requests (commands) carried out or attempted (WriteTag)
+	WriteErrors uint64            // of which failed (exception, timeout, transport, verify)
 }
 
 // ErrorKinds are the keys of Stats.Errors: a transport failure (timeout,

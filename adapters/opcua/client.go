@@ -67,6 +67,10 @@ type Client struct {
 	state int8 // -1 unknown, 0 down, 1 up: as last reported to the sink
 
 	st stats
+
+	liveMu sync.Mutex
+	cur    *live         // the connection of Run, for writes (write.go)
+	kick   chan struct{} // a write asks poll mode for an immediate read
 }
 
 // tag is one configured tag with its node id parsed once.
@@ -91,6 +95,7 @@ func NewClient(dev config.OPCUADevice, stateDir string, sink adapters.Sink, logg
 	c := &Client{
 		dev: dev, sink: sink, log: logger.With("device", dev.Name),
 		state: -1, minBackoff: minBackoff, maxBackoff: maxBackoff,
+		kick: make(chan struct{}, 1),
 	}
 	c.dev.Endpoint = strings.TrimSpace(dev.Endpoint)
 	if c.dev.SecurityPolicy == "" {
@@ -235,6 +240,8 @@ type Stats struct {
 	FailedItems      int64  // tags that could not be monitored or resolved in the current session
 	LastConnectTime  time.Duration
 	LastFirstDataLag time.Duration // from connect start to the first notification
+	Writes           uint64        // write requests sent (WriteTag)
+	WriteErrors      uint64        // writes that failed (refused, transport, verify)
 }
 
 type stats struct {
@@ -242,6 +249,7 @@ type stats struct {
 	notifications, reads, readings, probes  atomic.Uint64
 	subscriptions, monitoredItems, failedIt atomic.Int64
 	lastConnectTime, lastFirstDataLag       atomic.Int64
+	writes, writeErrors                     atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -263,6 +271,8 @@ func (c *Client) Stats() Stats {
 		FailedItems:      c.st.failedIt.Load(),
 		LastConnectTime:  time.Duration(c.st.lastConnectTime.Load()),
 		LastFirstDataLag: time.Duration(c.st.lastFirstDataLag.Load()),
+		Writes:           c.st.writes.Load(),
+		WriteErrors:      c.st.writeErrors.Load(),
 	}
 }
 
@@ -376,7 +386,10 @@ func (c *Client) session(ctx context.Context) (up bool, err error) {
 	}
 	defer cn.close()
 	c.st.connects.Add(1)
-	ids, errs := c.resolve(cn.cl.Namespaces())
+	ns := cn.cl.Namespaces()
+	ids, errs := c.resolve(ns)
+	c.setLive(&live{cn: cn, ids: ids, namespaces: len(ns), types: map[int]uint32{}})
+	defer c.setLive(nil)
 	if c.dev.Mode == ModePoll {
 		return c.poll(ctx, cn, ids, errs)
 	}

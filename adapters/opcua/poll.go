@@ -38,6 +38,7 @@ func (c *Client) poll(ctx context.Context, cn *conn, ids []*ua.NodeID, errs []er
 		case <-cn.dead:
 			return up, fmt.Errorf("connection to %s lost", c.dev.Endpoint)
 		case <-timer.C:
+		case <-c.kick: // a write: read at once; the cadence stays on its grid
 		}
 		now := time.Now()
 		for i, e := range errs {

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
+
 	"github.com/ferry-gateway/ferry/adapters/modbus/modbustest"
 	"github.com/ferry-gateway/ferry/internal/mosquittotest"
 )
@@ -309,5 +311,93 @@ func TestMetricsAndReload(t *testing.T) {
 	}
 	if code := p.stop(t); code != 0 {
 		t.Errorf("exit %d after SIGTERM", code)
+	}
+}
+
+// TestCommandThroughBinary: a command published to the broker reaches the
+// device through the running ferry binary (one FC6 write), its result
+// comes back on the Response Topic with the Correlation Data, a command to
+// a read-only tag is refused without touching the device, and commands
+// still work after a reload.
+func TestCommandThroughBinary(t *testing.T) {
+	broker := mosquittotest.Start(t)
+	sim := modbustest.New(t)
+	state := t.TempDir()
+	cfgText := func(extra ...string) string {
+		return opsConfig(state, broker.URL(), sim.URL(), "", append([]string{"ro=1"}, extra...)...) + `
+  [[modbus.tag]]
+  name = "sp"
+  table = "holding"
+  address = 0
+  type = "uint16"
+  writable = true
+  max = 1000.0
+`
+	}
+	path := writeConfig(t, cfgText())
+	replies := mosquittotest.Subscribe(t, broker.URL(), "replies/#", 1)
+	results := mosquittotest.Subscribe(t, broker.URL(), "plant/ops/+/+/set/result", 1)
+	p := startFerry(t, "run", "-config", path)
+	waitFor(t, "ferry to accept commands", 30*time.Second, func() bool {
+		return strings.Contains(p.stderr.String(), "accepting commands")
+	})
+
+	send := func(tag, payload, corr string) {
+		mosquittotest.Publish(t, broker.URL(), "plant/ops/plc1/"+tag+"/set", []byte(payload),
+			&paho.PublishProperties{ResponseTopic: "replies/" + corr, CorrelationData: []byte(corr)})
+	}
+	reply := func(corr string) map[string]any {
+		t.Helper()
+		m, err := replies.WaitFor(20*time.Second, func(m mosquittotest.Message) bool { return m.Topic == "replies/"+corr })
+		if err != nil {
+			t.Fatalf("no result for %s: %v", corr, err)
+		}
+		var r map[string]any
+		if err := json.Unmarshal(m.Payload, &r); err != nil {
+			t.Fatalf("result %s: %v", m.Payload, err)
+		}
+		return r
+	}
+
+	send("sp", "42", "c1")
+	if r := reply("c1"); r["ok"] != true || r["value"] != 42.0 {
+		t.Errorf("write 42: %v", r)
+	}
+	if got := sim.Registers("holding", 0, 1)[0]; got != 42 {
+		t.Errorf("register 0 is %d after the write, want 42", got)
+	}
+	writes := len(sim.Writes())
+	send("ro", "7", "c2")
+	if r := reply("c2"); r["ok"] != false || r["error"] != "not_writable" {
+		t.Errorf("write to a read-only tag: %v", r)
+	}
+	send("sp", "70000", "c3")
+	if r := reply("c3"); r["ok"] != false || (r["error"] != "out_of_range" && r["error"] != "bad_value") {
+		t.Errorf("70000 into a uint16 with max 1000: %v", r)
+	}
+	if n := len(sim.Writes()); n != writes {
+		t.Errorf("refused commands reached the device: %d writes, want %d", n, writes)
+	}
+
+	// Without a response topic the result goes to P/DEVICE/TAG/set/result.
+	mosquittotest.Publish(t, broker.URL(), "plant/ops/plc1/sp/set", []byte(`{"value":7}`), nil)
+	if _, err := results.WaitFor(20*time.Second, func(m mosquittotest.Message) bool {
+		return m.Topic == "plant/ops/plc1/sp/set/result" && strings.Contains(string(m.Payload), `"ok":true`)
+	}); err != nil {
+		t.Errorf("no result on the default topic: %v", err)
+	}
+
+	// After a reload (a new read-only tag), commands still work.
+	if err := os.WriteFile(path, []byte(cfgText("ro2=2")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the reload", 20*time.Second, func() bool { return strings.Contains(p.stderr.String(), "reload: config applied") })
+	send("sp", "43", "c4")
+	if r := reply("c4"); r["ok"] != true {
+		t.Errorf("write after reload: %v", r)
+	}
+	if code := p.stop(t); code != 0 {
+		t.Errorf("exit %d", code)
 	}
 }

@@ -108,6 +108,9 @@ type Stats struct {
 	Restored     uint64            // records found in flight in the session store at start
 	Resumed      uint64            // records found done in the session store at start (acked, not re-sent)
 	InFlight     int               // records handed to the session and not yet acknowledged
+	Received     uint64            // messages delivered on our subscriptions (commands)
+	Responses    uint64            // Respond messages handed to the session
+	Subscribes   uint64            // successful SUBSCRIBE exchanges
 }
 
 // Publisher drains a Log to an MQTT broker. Create it with New and run it
@@ -150,7 +153,12 @@ type Publisher struct {
 	skipTo   uint64          // no seq >= skipTo is in skip
 	nextRate time.Time       // replay pacing
 
+	subMu sync.Mutex
+	subs  []subscription // see Subscribe (inbound.go)
+	subWG sync.WaitGroup // subscribe goroutines
+
 	stats struct {
+		received, responses, subscribes              atomic.Uint64
 		published                                    [3]atomic.Uint64
 		acked, failed, skipped, reconnects, connects atomic.Uint64
 		connectFails, sessionLost, resent, restored  atomic.Uint64
@@ -243,6 +251,9 @@ func (p *Publisher) Stats() Stats {
 		Resent:       p.stats.resent.Load(),
 		Restored:     p.stats.restored.Load(),
 		Resumed:      p.stats.resumed.Load(),
+		Received:     p.stats.received.Load(),
+		Responses:    p.stats.responses.Load(),
+		Subscribes:   p.stats.subscribes.Load(),
 	}
 	for i := range s.Published {
 		s.Published[i] = p.stats.published[i].Load()
@@ -356,6 +367,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	p.publishOffline()
 	connStop()
 	bg.Wait()
+	p.subWG.Wait()
 	return nil
 }
 
@@ -828,7 +840,10 @@ func (p *Publisher) connect(ctx context.Context) (*paho.Client, *paho.Connack, *
 		// Record publishes are asynchronous; state messages have their own
 		// timeouts. Nothing should time out on paho's clock.
 		PacketTimeout: 365 * 24 * time.Hour,
-		OnClientError: func(err error) { p.logger.Debug("connection error", "err", err) },
+		// Messages on our subscriptions (commands); set before CONNECT, so
+		// what the broker queued for our session is not missed.
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){p.received},
+		OnClientError:     func(err error) { p.logger.Debug("connection error", "err", err) },
 		OnServerDisconnect: func(d *paho.Disconnect) {
 			reason.Store(int32(d.ReasonCode) + 1)
 			rs := ""
@@ -963,6 +978,7 @@ func (p *Publisher) up(cli *paho.Client, ca *paho.Connack) {
 	p.cli = cli
 	close(p.connUp)
 	p.mu.Unlock()
+	p.resubscribe(cli)
 	ring(p.wake)
 	p.logger.Info("connected", "url", p.cfg.URL, "session_present", ca.SessionPresent, "receive_maximum", rm)
 	if p.cfg.StatusTopic != "" {
@@ -1007,7 +1023,11 @@ func (g *sessionGate) AddToSession(ctx context.Context, pk session.Packet, resp 
 		g.p.store.expectSeq(pk, seq)
 		defer g.p.store.forget(pk)
 	}
-	return g.SessionManager.AddToSession(ctx, pk, resp)
+	err := g.SessionManager.AddToSession(ctx, pk, resp)
+	if stored, ok := ctx.Value(storedKey{}).(*atomic.Bool); ok && err == nil {
+		stored.Store(true)
+	}
+	return err
 }
 
 func (g *sessionGate) PacketReceived(recv *packets.ControlPacket, pubs chan<- *packets.Publish) error {

@@ -48,6 +48,8 @@ type Server struct {
 	closed     bool
 	wake       chan struct{} // closed (and renewed) by SetDown(true) and Close to cut delays short
 
+	writes []Write // every write request, in order (see Writes)
+
 	units     map[uint8]bool          // nil: every unit answers
 	unitDelay map[uint8]time.Duration // extra delay per unit
 
@@ -483,6 +485,7 @@ func (h handler) bitsReq(unit uint8, table string, addr, qty uint16, write bool,
 	}
 	if write {
 		copy(b[addr:], args)
+		s.writes = append(s.writes, Write{Unit: unit, Table: table, Addr: addr, Bits: append([]bool(nil), args...), Time: time.Now()})
 		return nil, nil
 	}
 	return append([]bool(nil), b[addr:int(addr)+int(qty)]...), nil
@@ -501,6 +504,7 @@ func (h handler) regsReq(unit uint8, table string, addr, qty uint16, write bool,
 	}
 	if write {
 		copy(r[addr:], args)
+		s.writes = append(s.writes, Write{Unit: unit, Table: table, Addr: addr, Regs: append([]uint16(nil), args...), Time: time.Now()})
 		return nil, nil
 	}
 	return append([]uint16(nil), r[addr:int(addr)+int(qty)]...), nil

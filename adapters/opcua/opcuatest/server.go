@@ -7,8 +7,8 @@
 // healing.
 //
 // gopcua's server has gaps (see LIBRARIES.md): no sampling or deadband,
-// no type check on writes, and a write to an unknown namespace panics.
-// Clients under test only read and subscribe.
+// and a write to an unknown namespace panics. Writes of the simulator's
+// variables are type-checked and logged here (write.go).
 package opcuatest
 
 import (
@@ -47,6 +47,8 @@ type Server struct {
 	vars      map[string]*variable
 	running   bool
 	logger    *slog.Logger
+	writes    []Write         // accepted writes (write.go)
+	readOnly  map[string]bool // variables refusing writes
 }
 
 // New returns a stopped simulator with no variables; Add some, then Start.
@@ -97,6 +99,7 @@ func (s *Server) Start() error {
 		objs.AddRef(ns.Objects(), server.RefTypeIDOrganizes, true)
 	}
 	s.srv, s.ns = srv, ns
+	s.install(srv, ns)
 	if s.maxPerSub > 0 {
 		if ns0, err := srv.Namespace(0); err == nil {
 			limit := s.maxPerSub

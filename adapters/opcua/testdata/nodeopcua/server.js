@@ -10,7 +10,8 @@
 // urn:ferry:nodeopcua: s=Temperature (Double, changes every 100 ms),
 // s=Counter (Int32, +1 every 100 ms), s=Big (Int64 beyond 2^53),
 // s=Setpoint (Double, read/write), s=ReadOnly (Double, read only),
-// s=Secret (Double, not readable).
+// s=Secret (Double, not readable), and writable s=WInt16, s=WUInt32,
+// s=WFloat, s=WBool, s=WString.
 "use strict";
 const crypto = require("crypto");
 const fs = require("fs");
@@ -74,6 +75,15 @@ const pki = process.argv[3];
     accessLevel: "CurrentWrite", userAccessLevel: "CurrentWrite",
     value: new Variant({ dataType: DataType.Double, value: 1 }),
   });
+  // Writable nodes of several types, for ferry's write type mapping.
+  for (const [name, dataType, value] of [["WInt16", "Int16", 0], ["WUInt32", "UInt32", 0], ["WFloat", "Float", 0],
+    ["WBool", "Boolean", false], ["WString", "String", ""]]) {
+    ns.addVariable({
+      componentOf: machine, nodeId: "s=" + name, browseName: name, dataType,
+      accessLevel: "CurrentRead | CurrentWrite", userAccessLevel: "CurrentRead | CurrentWrite",
+      value: new Variant({ dataType: DataType[dataType], value }),
+    });
+  }
   await server.start();
   const pem = fs.readFileSync(server.certificateFile, "utf8");
   const b64 = pem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, "");

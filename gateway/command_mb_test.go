@@ -1,0 +1,5 @@
+package gateway
+
+import mb "github.com/simonvetter/modbus"
+
+var mbErrIllegalAddress = mb.ErrIllegalDataAddress

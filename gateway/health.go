@@ -20,6 +20,10 @@ type Health struct {
 	Reasons       []string `json:"reasons,omitempty"` // why not OK
 }
 
+// appendFailingUnhealthy is how long buffer appends may fail before the
+// gateway reports itself unhealthy.
+const appendFailingUnhealthy = 30 * time.Second
+
 // bufferNearlyFull is the share of max_bytes above which a buffer no
 // longer counts as "within its limits" while the broker is unreachable.
 const bufferNearlyFull = 0.9
@@ -48,6 +52,9 @@ func (g *Gateway) Health() Health {
 	roomy := h.BufferMax <= 0 || float64(h.BufferBytes) < bufferNearlyFull*float64(h.BufferMax)
 	if !h.Connected && !roomy {
 		h.Reasons = append(h.Reasons, fmt.Sprintf("mqtt disconnected and the buffer is over %.0f%% of max_bytes", 100*bufferNearlyFull))
+	}
+	if since := g.sink.failingSince.Load(); since != 0 && time.Since(time.Unix(0, since)) > appendFailingUnhealthy {
+		h.Reasons = append(h.Reasons, fmt.Sprintf("buffer appends failing for %v (disk full?)", time.Since(time.Unix(0, since)).Round(time.Second)))
 	}
 	if h.Devices > 0 && h.DevicesUp == 0 {
 		h.Reasons = append(h.Reasons, "no device is up")

@@ -86,7 +86,9 @@ var (
 	descBufCorrupt   = prometheus.NewDesc("ferry_buffer_corrupt_records_total", "Records lost to corruption over the life of the buffer.", nil, nil)
 	descBufWriteErrs = prometheus.NewDesc("ferry_buffer_write_errors_total", "Failed buffer writes, fsyncs and segment creations since start.", nil, nil)
 	descBufFsync     = prometheus.NewDesc("ferry_buffer_fsync_duration_seconds", "Buffer fsync latency.", nil, nil)
-	descAppendErrs   = prometheus.NewDesc("ferry_readings_append_errors_total", "Poll cycles whose readings could not be appended to the buffer (lost).", nil, nil)
+	descAppendErrs   = prometheus.NewDesc("ferry_readings_append_errors_total", "Failed appends of readings to the buffer (the records are held in memory and retried).", nil, nil)
+	descLost         = prometheus.NewDesc("ferry_readings_lost_total", "Buffer records given up after failed appends (retry queue overflow, record too large).", nil, nil)
+	descRetryQueued  = prometheus.NewDesc("ferry_readings_retry_queued", "Records waiting in memory for a failed append to be retried.", nil, nil)
 
 	descMQTTConnected = prometheus.NewDesc("ferry_mqtt_connected", "1 while connected to the broker.", nil, nil)
 	descMQTTConnects  = prometheus.NewDesc("ferry_mqtt_connects_total", "Successful connections to the broker.", nil, nil)
@@ -144,6 +146,8 @@ func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descBufWriteErrs, b.WriteErrors)
 	ch <- fsyncHistogram(b.Fsync)
 	counter(descAppendErrs, g.sink.appendErrors.Load())
+	counter(descLost, g.sink.lost.Load())
+	gauge(descRetryQueued, float64(g.sink.queued.Load()))
 
 	g.mu.Lock()
 	devs := make([]*device, 0, len(g.devices))

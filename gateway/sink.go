@@ -1,12 +1,15 @@
 package gateway
 
 import (
+	"bytes"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ferry-gateway/ferry/adapters"
+	"github.com/ferry-gateway/ferry/buffer"
 	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/gateway/record"
 )
@@ -45,7 +48,20 @@ type sink struct {
 
 	appendErrors atomic.Uint64
 	lastErrLog   atomic.Int64 // unix nanos of the last logged append error
+
+	// Records whose append failed (disk full, I/O error) wait here, at
+	// most retryBytes, and go first at the next append: a short disk-full
+	// episode loses nothing and order is kept. Overflow drops the oldest.
+	retryMu      sync.Mutex
+	retry        [][]byte // owned copies
+	retryBytes   int
+	queued       atomic.Int64  // len(retry), read without the lock
+	failingSince atomic.Int64  // unix nanos of the first failure of the current episode; 0 when appends work
+	lost         atomic.Uint64 // records given up: dropped from the queue or refused for good
 }
+
+// retryLimit bounds the records kept for retry after failed appends.
+const retryLimit = 1 << 20
 
 // routes maps devices and tags to topics; immutable once built.
 type routes struct {
@@ -124,9 +140,77 @@ func (s *sink) Readings(rs []adapters.Reading) {
 		b.recs = append(b.recs, b.buf[start:end])
 		start = end
 	}
-	if _, err := s.log.Append(b.recs...); err != nil {
-		s.appendFailed(rs, err)
+	if s.queued.Load() == 0 {
+		_, err := s.log.Append(b.recs...)
+		if err == nil {
+			return
+		}
+		if s.refused(rs, b.recs, err) {
+			return
+		}
 	}
+	s.retryAppend(rs, b.recs)
+}
+
+// refused handles an append error that retrying cannot fix and reports
+// whether it was one: a closed log (shutdown) or a record too large.
+func (s *sink) refused(rs []adapters.Reading, recs [][]byte, err error) bool {
+	switch {
+	case errors.Is(err, buffer.ErrClosed):
+		return true
+	case errors.Is(err, buffer.ErrRecordTooLarge):
+		s.lost.Add(uint64(len(recs)))
+		s.appendFailed(rs, err)
+		return true
+	}
+	return false
+}
+
+// retryAppend appends the queued records, then recs; whatever cannot be
+// appended now is queued (copied), dropping the oldest beyond retryLimit.
+func (s *sink) retryAppend(rs []adapters.Reading, recs [][]byte) {
+	s.retryMu.Lock()
+	defer s.retryMu.Unlock()
+	if len(s.retry) > 0 {
+		if _, err := s.log.Append(s.retry...); err != nil {
+			s.appendFailed(rs, err)
+			s.enqueue(recs)
+			return
+		}
+		s.logger.Info("buffer appends work again; queued readings appended", "records", len(s.retry))
+		clear(s.retry)
+		s.retry, s.retryBytes = s.retry[:0], 0
+		s.queued.Store(0)
+		s.failingSince.Store(0)
+	}
+	if _, err := s.log.Append(recs...); err != nil {
+		if s.refused(rs, recs, err) {
+			return
+		}
+		s.appendFailed(rs, err)
+		s.enqueue(recs)
+		return
+	}
+	s.failingSince.Store(0)
+}
+
+// enqueue keeps copies of recs for retry; s.retryMu held.
+func (s *sink) enqueue(recs [][]byte) {
+	s.failingSince.CompareAndSwap(0, time.Now().UnixNano())
+	for _, r := range recs {
+		s.retry = append(s.retry, bytes.Clone(r))
+		s.retryBytes += len(r)
+	}
+	drop := 0
+	for s.retryBytes > retryLimit && drop < len(s.retry) {
+		s.retryBytes -= len(s.retry[drop])
+		drop++
+	}
+	if drop > 0 {
+		s.retry = append(s.retry[:0], s.retry[drop:]...)
+		s.lost.Add(uint64(drop))
+	}
+	s.queued.Store(int64(len(s.retry)))
 }
 
 // appendDeviceRecord appends one record carrying every reading of a cycle:
@@ -175,8 +259,8 @@ func (s *sink) appendFailed(rs []adapters.Reading, err error) {
 	now := time.Now().UnixNano()
 	last := s.lastErrLog.Load()
 	if now-last >= int64(time.Minute) && s.lastErrLog.CompareAndSwap(last, now) {
-		s.logger.Error("buffer append failed; readings of this cycle are lost",
-			"device", rs[0].Device, "readings", len(rs), "failures", n, "err", err)
+		s.logger.Error("buffer append failed; readings are held in memory (up to 1 MiB) and appended when the disk takes them again",
+			"device", rs[0].Device, "readings", len(rs), "failures", n, "lost_so_far", s.lost.Load(), "err", err)
 	}
 }
 

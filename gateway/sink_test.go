@@ -4,15 +4,18 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ferry-gateway/ferry/adapters"
 	"github.com/ferry-gateway/ferry/buffer"
+	"github.com/ferry-gateway/ferry/buffer/buffertest"
 	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/gateway/record"
 )
@@ -88,36 +91,81 @@ func TestSinkAppendsOneRecordPerReading(t *testing.T) {
 	}
 }
 
-type failingLog struct{ calls int }
-
-func (f *failingLog) Append(...[]byte) (uint64, error) {
-	f.calls++
-	return 0, errors.New("write 00000000000000000001.seg: no space left on device")
+// flakyLog fails appends while full is set (like a full disk) and keeps
+// what it accepted.
+type flakyLog struct {
+	full  bool
+	calls int
+	got   []string
 }
 
-// TestSinkAppendErrorIsCountedAndLoggedOnce: a full disk must not block
-// polling nor flood the log.
-func TestSinkAppendErrorIsCountedAndLoggedOnce(t *testing.T) {
-	var logs bytes.Buffer
-	f := &failingLog{}
-	s := newSink(sinkConfig(), f, &stateLog{}, slog.New(slog.NewTextHandler(&logs, nil)))
-	for range 100 {
-		s.Readings([]adapters.Reading{{Device: "plc1", Tag: "temp", Value: adapters.IntValue(1)}})
+func (f *flakyLog) Append(recs ...[]byte) (uint64, error) {
+	f.calls++
+	if f.full {
+		return 0, errors.New("write 00000000000000000001.seg: no space left on device")
 	}
-	if f.calls != 100 || s.appendErrors.Load() != 100 {
-		t.Errorf("appends %d, counted errors %d; want 100 and 100", f.calls, s.appendErrors.Load())
+	for _, r := range recs {
+		f.got = append(f.got, string(r))
+	}
+	return 1, nil
+}
+
+// TestSinkDiskFull: while appends fail, readings wait in memory and are
+// appended, in order, when the disk takes them again; the failure is
+// logged once; beyond the retry limit the oldest are dropped and counted.
+func TestSinkDiskFull(t *testing.T) {
+	var logs bytes.Buffer
+	f := &flakyLog{}
+	s := newSink(sinkConfig(), f, &stateLog{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	reading := func(i int) []adapters.Reading {
+		return []adapters.Reading{{Device: "plc1", Tag: "temp", Value: adapters.IntValue(int64(i))}}
+	}
+	s.Readings(reading(0))
+	f.full = true
+	for i := 1; i <= 100; i++ {
+		s.Readings(reading(i))
+	}
+	if s.appendErrors.Load() == 0 || s.queued.Load() != 100 || s.lost.Load() != 0 {
+		t.Fatalf("errors %d, queued %d, lost %d; want >0, 100, 0", s.appendErrors.Load(), s.queued.Load(), s.lost.Load())
+	}
+	if s.failingSince.Load() == 0 {
+		t.Error("the failing episode is not recorded")
+	}
+	f.full = false
+	s.Readings(reading(101))
+	if len(f.got) != 102 || s.queued.Load() != 0 || s.failingSince.Load() != 0 {
+		t.Fatalf("after recovery: %d appended, %d queued; want 102 and 0", len(f.got), s.queued.Load())
+	}
+	for i, r := range f.got {
+		m, err := record.Decode([]byte(r))
+		if err != nil || !strings.Contains(string(m.Body), fmt.Sprintf(`"value":%d,`, i)) {
+			t.Fatalf("record %d out of order: %s (%v)", i, m.Body, err)
+		}
 	}
 	if n := strings.Count(logs.String(), "buffer append failed"); n != 1 {
 		t.Errorf("logged %d times, want once:\n%s", n, logs.String())
 	}
-	if !strings.Contains(logs.String(), "no space left on device") {
-		t.Errorf("the log does not say why:\n%s", logs.String())
+	if !strings.Contains(logs.String(), "no space left on device") || !strings.Contains(logs.String(), "appends work again") {
+		t.Errorf("the log does not tell the story:\n%s", logs.String())
+	}
+
+	// A long outage: the queue keeps the newest retryLimit bytes.
+	f.full = true
+	big := make([]adapters.Reading, 100)
+	for i := range big {
+		big[i] = adapters.Reading{Device: "plc1", Tag: "temp", Value: adapters.StringValue(strings.Repeat("x", 1000))}
+	}
+	for range 20 { // ~2 MB of records
+		s.Readings(big)
+	}
+	if s.lost.Load() == 0 || s.retryBytes > retryLimit {
+		t.Errorf("lost %d, queued bytes %d; want some lost and at most %d queued", s.lost.Load(), s.retryBytes, retryLimit)
 	}
 }
 
 func TestSinkDeviceState(t *testing.T) {
 	st := &stateLog{}
-	s := newSink(sinkConfig(), &failingLog{}, st, slog.New(slog.DiscardHandler))
+	s := newSink(sinkConfig(), &flakyLog{}, st, slog.New(slog.DiscardHandler))
 	s.DeviceState("plc1", false, errors.New(`dial tcp 10.0.0.5:502: connection "refused"`))
 	s.DeviceState("plc1", true, nil)
 	if len(st.topics) != 2 || st.topics[0] != "plant/l1/plc1/status" {
@@ -202,3 +250,48 @@ func BenchmarkSinkModes(b *testing.B) {
 type discard struct{}
 
 func (discard) Append(...[]byte) (uint64, error) { return 1, nil }
+
+// TestSinkDiskFullRealBuffer: the real buffer on a disk that fills up
+// (ENOSPC from the file layer): polling never blocks, and when space comes
+// back every reading is in the buffer, in order, with consecutive seqs.
+func TestSinkDiskFullRealBuffer(t *testing.T) {
+	faults := buffertest.NewFaults()
+	blog, err := buffer.Open(t.TempDir(), buffer.Options{Sync: buffer.SyncAlways, OpenFile: faults.OpenFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blog.Close()
+	s := newSink(sinkConfig(), blog, &stateLog{}, slog.New(slog.DiscardHandler))
+	cycle := func(i int) {
+		s.Readings([]adapters.Reading{{Device: "plc1", Tag: "temp", Value: adapters.IntValue(int64(i))}})
+	}
+	for i := range 10 {
+		cycle(i)
+	}
+	faults.Set(func(f *buffertest.Faults) { f.Write = syscall.ENOSPC })
+	for i := 10; i < 50; i++ {
+		cycle(i)
+	}
+	if s.queued.Load() != 40 {
+		t.Fatalf("queued %d during the disk-full episode, want 40", s.queued.Load())
+	}
+	faults.Clear()
+	cycle(50)
+	if s.queued.Load() != 0 || blog.NextSeq() != 52 {
+		t.Fatalf("after the disk had room again: queued %d, NextSeq %d; want 0 and 52", s.queued.Load(), blog.NextSeq())
+	}
+	want := 0
+	if _, err := blog.Scan(1, 100, func(seq uint64, data []byte) error {
+		m, err := record.Decode(data)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(m.Body), fmt.Sprintf(`"value":%d,`, want)) {
+			return fmt.Errorf("seq %d holds %s, want value %d", seq, m.Body, want)
+		}
+		want++
+		return nil
+	}); err != nil || want != 51 {
+		t.Fatalf("scan: %v after %d records", err, want)
+	}
+}

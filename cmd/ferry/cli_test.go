@@ -116,6 +116,8 @@ func TestDemo(t *testing.T) {
 		`ferry/demo/cnc1/spindle_speed`,
 		`"value":"O1000-BRACKET","quality":"good"`,
 		`"seq":1}`,
+		`ferry/demo/plc1/setpoint/set/result`,
+		`{"ok":true,"value":42.5,`,
 	} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, stdout)

@@ -74,6 +74,15 @@ timeout = "500ms"
   order = "CDAB"
 
   [[modbus.tag]]
+  name = "setpoint"
+  table = "holding"
+  address = 106
+  type = "float32"
+  writable = true
+  min = 0.0
+  max = 100.0
+
+  [[modbus.tag]]
   name = "recipe"
   table = "holding"
   address = 120
@@ -204,12 +213,35 @@ func runDemo(ctx context.Context, duration time.Duration, stdout io.Writer, logg
 	fmt.Fprintf(stdout, "ferry demo: subscribed to %s/# — Ctrl-C stops\n\n", cfg.MQTT.TopicPrefix)
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	var cmdDone sync.WaitGroup
+	defer cmdDone.Wait()
 	ready := func() {
 		if duration > 0 {
 			time.AfterFunc(duration, stop)
 		}
+		cmdDone.Go(func() { demoCommand(runCtx, broker, cfg.MQTT.TopicPrefix, stdout, &mu) })
 	}
 	return gateway.Run(runCtx, cfg, gateway.Options{Logger: logger, Version: version, ShutdownGrace: 2 * time.Second, OnReady: ready})
+}
+
+// demoCommand shows one command round trip a second after start: it
+// writes the setpoint through MQTT; the result arrives on .../set/result
+// and the next poll publishes the new value.
+func demoCommand(ctx context.Context, broker *mochi.Server, prefix string, stdout io.Writer, mu *sync.Mutex) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(time.Second):
+	}
+	topic := prefix + "/plc1/setpoint/set"
+	mu.Lock()
+	fmt.Fprintf(stdout, "\nferry demo: sending a command: %s 42.5 (the result comes back on %s/result)\n\n", topic, topic)
+	mu.Unlock()
+	if err := broker.Publish(topic, []byte("42.5"), false, 1); err != nil {
+		mu.Lock()
+		fmt.Fprintf(stdout, "ferry demo: command not sent: %v\n", err)
+		mu.Unlock()
+	}
 }
 
 // startDemoBroker starts an embedded MQTT 5 broker on a free loopback port.

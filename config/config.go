@@ -221,6 +221,8 @@ type OPCUADevice struct {
 	Password           string // from password or password_file
 	CertFile           string // client certificate; generated into state_dir/pki when empty
 	KeyFile            string
+	UserCertFile       string // X.509 user login (with UserKeyFile) instead of anonymous or username
+	UserKeyFile        string
 	ServerThumbprint   string // hex SHA-256 of the server certificate (DER)
 	TrustedCertsDir    string
 	Mode               string        // "subscribe" or "poll"

@@ -474,6 +474,18 @@ func (d *decoder) opcuaDevice(t *table, devices map[string]int) (OPCUADevice, op
 		}
 		t.errf(key, "a password needs a username")
 	}
+	t.file("user_cert_file", &dev.UserCertFile)
+	t.file("user_key_file", &dev.UserKeyFile)
+	switch {
+	case t.has("user_cert_file") != t.has("user_key_file"):
+		if t.has("user_cert_file") {
+			t.errf("user_cert_file", "user_cert_file needs user_key_file")
+		} else {
+			t.errf("user_key_file", "user_key_file needs user_cert_file")
+		}
+	case t.has("user_cert_file") && dev.Username != "":
+		t.errf("user_cert_file", "log in either with username/password or with user_cert_file, not both")
+	}
 	t.file("cert_file", &dev.CertFile)
 	t.file("key_file", &dev.KeyFile)
 	if t.has("cert_file") != t.has("key_file") {

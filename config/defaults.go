@@ -71,6 +71,7 @@ import "time"
 //	opcua.security_policy                "None"
 //	opcua.security_mode                  "None", or "SignAndEncrypt" when security_policy is not "None"
 //	opcua.username, password             "" (anonymous)
+//	opcua.user_cert_file, user_key_file  "" (X.509 user login when set; not with username)
 //	opcua.cert_file, key_file            "" (generated into <state_dir>/pki)
 //	opcua.server_thumbprint              ""
 //	opcua.trusted_certs_dir              ""

@@ -156,6 +156,11 @@ func NewClient(dev config.OPCUADevice, stateDir string, sink adapters.Sink, logg
 		}
 		c.tags = append(c.tags, tg)
 	}
+	if dev.UserCertFile != "" {
+		if err := c.UseCertificateLogin(dev.UserCertFile, dev.UserKeyFile); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
 }
 

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/eclipse/paho.golang/paho/session/state"
+)
+
+// baselineWorkers is how many goroutines publish at once: the plain
+// client's window, as ferry's default max_inflight (256).
+const baselineWorkers = 256
+
+// baseline publishes size-byte messages at the bench QoS from one plain
+// paho client (on a *net.TCPConn) straight into a fresh broker, and
+// counts them at the same kind of subscriber as the ferry rows.
+func (b *bench) baseline(size int) (r result) {
+	r = result{Scenario: fmt.Sprintf("baseline-%dB", size), Source: "paho", QoS: b.opts.QoS}
+	b.logf("%s: plain paho client, %d-byte messages, QoS %d", r.Scenario, size, b.opts.QoS)
+	dir := b.dir(r.Scenario)
+	br, err := startBroker(filepath.Join(dir, "broker"), false)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer br.close()
+	sub, err := startSubscriber(br.addr(), "base/#", byte(b.opts.QoS))
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer sub.close()
+	conn, err := net.Dial("tcp", br.addr())
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	cli := paho.NewClient(paho.ClientConfig{ClientID: "ferry-bench-baseline", Conn: conn, Session: state.NewInMemory(), PacketTimeout: 30 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := cli.Connect(ctx, &paho.Connect{ClientID: "ferry-bench-baseline", KeepAlive: 30, CleanStart: true}); err != nil {
+		r.Error = "baseline connect: " + err.Error()
+		return r
+	}
+	defer func() { _ = cli.Disconnect(&paho.Disconnect{}); <-cli.Done() }()
+
+	var seq atomic.Uint64
+	var pubErrs atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range baselineWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			topic := fmt.Sprintf("base/dev%02d/t%03d", w%20, w)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				s := seq.Add(1)
+				_, err := cli.Publish(ctx, &paho.Publish{Topic: topic, QoS: byte(b.opts.QoS), Payload: baselinePayload(s, time.Now(), size)})
+				if err != nil {
+					pubErrs.Add(1)
+					if ctx.Err() != nil {
+						return
+					}
+				}
+			}
+		}()
+	}
+	time.Sleep(time.Second) // ramp up
+	window := 10 * time.Second
+	if b.opts.Short {
+		window = 3 * time.Second
+	}
+	c0 := sub.snapshot()
+	sub.setRecordLatency(true)
+	time.Sleep(window)
+	c1 := sub.snapshot()
+	sub.setRecordLatency(false)
+	close(stop)
+	wg.Wait()
+	sub.quiesce(time.Second, 15*time.Second)
+	w := c1.at.Sub(c0.at).Seconds()
+	r.WindowS = w
+	r.MsgsPerS = float64(c1.msgs-c0.msgs) / w
+	r.ReadingsPerS = float64(c1.readings-c0.readings) / w
+	if c1.msgs > c0.msgs {
+		r.AvgMsgBytes = float64(c1.bytes-c0.bytes) / float64(c1.msgs-c0.msgs)
+	}
+	r.Latency = summarize(sub.latencies())
+	sub.mu.Lock()
+	r.Messages, r.Lost, r.Dups = sub.seqs.distinct, int64(seq.Load())-sub.seqs.distinct, sub.seqs.dups
+	sub.mu.Unlock()
+	if n := pubErrs.Load(); n > 0 {
+		r.Notes = fmt.Sprintf("%d publish errors", n)
+		r.Lost -= n // never acknowledged, so not owed
+	}
+	return r
+}
+
+// baselinePayload is a tag-mode-like payload padded to size bytes.
+func baselinePayload(seq uint64, ts time.Time, size int) []byte {
+	body := fmt.Sprintf(`{"value":%d,"quality":"good","ts":%q,"seq":%d`, seq, ts.UTC().Format("2006-01-02T15:04:05.000Z"), seq)
+	const padKey = `,"pad":""}`
+	if size < len(body)+len(padKey) {
+		return []byte(body + "}")
+	}
+	return []byte(body + `,"pad":"` + strings.Repeat("x", size-len(body)-len(padKey)) + `"}`)
+}

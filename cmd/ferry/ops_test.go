@@ -245,6 +245,11 @@ func TestMetricsAndReload(t *testing.T) {
 			t.Errorf("%s did not move: %v then %v", name, m1[name], m2[name])
 		}
 	}
+	if r, err := http.Get("http://" + metrics + "/debug/pprof/heap?debug=1"); err != nil || r.StatusCode != 200 {
+		t.Errorf("pprof heap profile: %v", err)
+	} else {
+		r.Body.Close()
+	}
 	resp, err := http.Get("http://" + metrics + "/healthz")
 	if err != nil {
 		t.Fatal(err)

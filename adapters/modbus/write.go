@@ -15,30 +15,6 @@ import (
 	mb "github.com/simonvetter/modbus"
 )
 
-// Write result codes (CONTRACT.md, Commands) carried by a WriteError.
-const (
-	CodeBadValue    = "bad_value"
-	CodeDeviceError = "device_error"
-	CodeTimeout     = "timeout"
-)
-
-// WriteError is why a write failed; Code is one of the Code constants.
-type WriteError struct {
-	Code string
-	Err  error
-}
-
-func (e *WriteError) Error() string { return e.Err.Error() }
-func (e *WriteError) Unwrap() error { return e.Err }
-
-// WriteCode is the result code of the contract (bad_value, device_error,
-// timeout).
-func (e *WriteError) WriteCode() string { return e.Code }
-
-func badValue(format string, args ...any) error {
-	return &WriteError{Code: CodeBadValue, Err: fmt.Errorf(format, args...)}
-}
-
 // maxWriteRegisters is the most registers one FC16 carries (and so the
 // longest writable string tag).
 const maxWriteRegisters = 123
@@ -70,29 +46,29 @@ func encodeWrite(tag config.ModbusTag, v adapters.Value) (encodedWrite, error) {
 	switch tag.Table {
 	case config.TableCoil:
 		if v.Kind() != adapters.BoolKind {
-			return w, badValue("expected true or false, got %s", kindName(v))
+			return w, adapters.BadValue("expected true or false, got %s", kindName(v))
 		}
 		w.coil = v.Bool()
 		return w, nil
 	case config.TableHolding:
 	default:
-		return w, badValue("a %s tag cannot be written (only holding and coil)", tag.Table)
+		return w, adapters.BadValue("a %s tag cannot be written (only holding and coil)", tag.Table)
 	}
 	order := tag.Order
 	if order == "" {
 		order = OrderABCD
 	}
 	if _, ok := words32[order]; !ok {
-		return w, badValue("unknown order %q", tag.Order)
+		return w, adapters.BadValue("unknown order %q", tag.Order)
 	}
 	switch tag.Type {
 	case "bool":
 		if v.Kind() != adapters.BoolKind {
-			return w, badValue("expected true or false, got %s", kindName(v))
+			return w, adapters.BadValue("expected true or false, got %s", kindName(v))
 		}
 		if tag.Bit >= 0 {
 			if tag.Bit > 15 {
-				return w, badValue("bit %d out of range 0..15", tag.Bit)
+				return w, adapters.BadValue("bit %d out of range 0..15", tag.Bit)
 			}
 			w.bit, w.on = tag.Bit, v.Bool()
 			return w, nil
@@ -104,20 +80,20 @@ func encodeWrite(tag config.ModbusTag, v adapters.Value) (encodedWrite, error) {
 		return w, nil
 	case "string":
 		if v.Kind() != adapters.StringKind {
-			return w, badValue("expected a string, got %s", kindName(v))
+			return w, adapters.BadValue("expected a string, got %s", kindName(v))
 		}
 		s := v.Str()
 		if !utf8.ValidString(s) {
-			return w, badValue("string is not valid UTF-8")
+			return w, adapters.BadValue("string is not valid UTF-8")
 		}
 		if strings.IndexByte(s, 0) >= 0 {
-			return w, badValue("string contains NUL")
+			return w, adapters.BadValue("string contains NUL")
 		}
 		if tag.Length < 1 || tag.Length > maxWriteRegisters {
-			return w, badValue("a string of %d registers cannot be written in one request (at most %d)", tag.Length, maxWriteRegisters)
+			return w, adapters.BadValue("a string of %d registers cannot be written in one request (at most %d)", tag.Length, maxWriteRegisters)
 		}
 		if len(s) > 2*tag.Length {
-			return w, badValue("string of %d bytes does not fit %d registers (%d bytes)", len(s), tag.Length, 2*tag.Length)
+			return w, adapters.BadValue("string of %d bytes does not fit %d registers (%d bytes)", len(s), tag.Length, 2*tag.Length)
 		}
 		b := make([]byte, 2*tag.Length)
 		copy(b, s)
@@ -135,13 +111,13 @@ func encodeWrite(tag config.ModbusTag, v adapters.Value) (encodedWrite, error) {
 	switch v.Kind() {
 	case adapters.IntKind, adapters.UintKind, adapters.FloatKind:
 	default:
-		return w, badValue("expected a number, got %s", kindName(v))
+		return w, adapters.BadValue("expected a number, got %s", kindName(v))
 	}
 	if v.Kind() == adapters.FloatKind && !floatOK(v.Float()) {
-		return w, badValue("NaN and infinite values cannot be written")
+		return w, adapters.BadValue("NaN and infinite values cannot be written")
 	}
 	if tag.Scale == 0 {
-		return w, badValue("scale 0 cannot be inverted")
+		return w, adapters.BadValue("scale 0 cannot be inverted")
 	}
 	sc := newScaler(tag.Scale, tag.Offset)
 	switch tag.Type {
@@ -151,12 +127,12 @@ func encodeWrite(tag config.ModbusTag, v adapters.Value) (encodedWrite, error) {
 			raw = sc.invert(raw)
 		}
 		if !floatOK(raw) {
-			return w, badValue("%s is out of range after scaling", v)
+			return w, adapters.BadValue("%s is out of range after scaling", v)
 		}
 		if tag.Type == "float32" {
 			f := float32(raw)
 			if math.IsInf(float64(f), 0) {
-				return w, badValue("%s is out of the range of float32", v)
+				return w, adapters.BadValue("%s is out of the range of float32", v)
 			}
 			w.words = orderWords(uint64(math.Float32bits(f)), 2, order)
 		} else {
@@ -166,7 +142,7 @@ func encodeWrite(tag config.ModbusTag, v adapters.Value) (encodedWrite, error) {
 	}
 	lo, hi, n, ok := intRange(tag.Type)
 	if !ok {
-		return w, badValue("type %q cannot be written", tag.Type)
+		return w, adapters.BadValue("type %q cannot be written", tag.Type)
 	}
 	var bitsOut uint64
 	if sc.identity {
@@ -180,11 +156,11 @@ func encodeWrite(tag config.ModbusTag, v adapters.Value) (encodedWrite, error) {
 		raw := math.Round(sc.invert(eng))
 		back := sc.apply(raw)
 		if !floatOK(raw) || math.Abs(back-eng) > 1e-6*math.Abs(tag.Scale)+1e-12*math.Abs(eng) {
-			return w, badValue("%s is not representable with scale %g and offset %g (nearest is %s)", v, tag.Scale, tag.Offset, adapters.FloatValue(back))
+			return w, adapters.BadValue("%s is not representable with scale %g and offset %g (nearest is %s)", v, tag.Scale, tag.Offset, adapters.FloatValue(back))
 		}
 		u, err := exactInt(adapters.FloatValue(raw), lo, hi, tag.Type)
 		if err != nil {
-			return w, badValue("%s is out of range: raw value %g does not fit %s", v, raw, tag.Type)
+			return w, adapters.BadValue("%s is out of range: raw value %g does not fit %s", v, raw, tag.Type)
 		}
 		bitsOut = u
 	}
@@ -224,7 +200,7 @@ func intRange(typ string) (lo int64, hi uint64, n int, ok bool) {
 // [lo, hi], refusing fractions and anything out of range.
 func exactInt(v adapters.Value, lo int64, hi uint64, typ string) (uint64, error) {
 	outOfRange := func() error {
-		return badValue("%s is out of the range of %s (%d..%d)", v, typ, lo, hi)
+		return adapters.BadValue("%s is out of the range of %s (%d..%d)", v, typ, lo, hi)
 	}
 	switch v.Kind() {
 	case adapters.IntKind:
@@ -242,7 +218,7 @@ func exactInt(v adapters.Value, lo int64, hi uint64, typ string) (uint64, error)
 	case adapters.FloatKind:
 		f := v.Float()
 		if f != math.Trunc(f) || !floatOK(f) {
-			return 0, badValue("%s is not a whole number (type %s)", v, typ)
+			return 0, adapters.BadValue("%s is not a whole number (type %s)", v, typ)
 		}
 		if f < float64(lo) || f >= float64(hi)+1 && hi == math.MaxUint64 || hi != math.MaxUint64 && f > float64(hi) {
 			return 0, outOfRange()
@@ -255,7 +231,7 @@ func exactInt(v adapters.Value, lo int64, hi uint64, typ string) (uint64, error)
 		}
 		return uint64(f), nil
 	}
-	return 0, badValue("expected a number, got %s", kindName(v))
+	return 0, adapters.BadValue("expected a number, got %s", kindName(v))
 }
 
 // orderWords lays out the low n*16 bits of x (big-endian) as n registers in
@@ -315,10 +291,10 @@ func (p *Poller) tagConfig(name string) (config.ModbusTag, int, bool) {
 func (p *Poller) CheckWrite(tag string, v adapters.Value) error {
 	t, _, ok := p.tagConfig(tag)
 	if !ok {
-		return badValue("device %s has no tag %q", p.dev.Name, tag)
+		return adapters.BadValue("device %s has no tag %q", p.dev.Name, tag)
 	}
 	if !t.Writable {
-		return badValue("tag %s/%s is not writable", p.dev.Name, tag)
+		return adapters.BadValue("tag %s/%s is not writable", p.dev.Name, tag)
 	}
 	return EncodeWrite(t, v)
 }
@@ -336,14 +312,14 @@ func (p *Poller) CheckWrite(tag string, v adapters.Value) error {
 // compared register by register (bit by bit) with what was written. It
 // returns the value the device holds now, decoded as a poll would, and
 // asks Run for an immediate poll of the tag's scan class so the new value
-// is published promptly. Errors are *WriteError.
+// is published promptly. Errors are *adapters.WriteError.
 func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
 	t, ci, ok := p.tagConfig(tag)
 	if !ok {
-		return adapters.Value{}, badValue("device %s has no tag %q", p.dev.Name, tag)
+		return adapters.Value{}, adapters.BadValue("device %s has no tag %q", p.dev.Name, tag)
 	}
 	if !t.Writable {
-		return adapters.Value{}, badValue("tag %s/%s is not writable", p.dev.Name, tag)
+		return adapters.Value{}, adapters.BadValue("tag %s/%s is not writable", p.dev.Name, tag)
 	}
 	w, err := encodeWrite(t, v)
 	if err != nil {
@@ -351,28 +327,28 @@ func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, ver
 	}
 	dec, err := NewDecoder(t)
 	if err != nil {
-		return adapters.Value{}, badValue("%v", err)
+		return adapters.Value{}, adapters.BadValue("%v", err)
 	}
 	if err := ctx.Err(); err != nil {
-		return adapters.Value{}, &WriteError{Code: CodeTimeout, Err: err}
+		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeTimeout, Err: err}
 	}
 	l, err := p.acquire()
 	if err != nil {
-		return adapters.Value{}, &WriteError{Code: CodeDeviceError, Err: err}
+		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeDeviceError, Err: err}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if ctx.Err() != nil {
-		return adapters.Value{}, &WriteError{Code: CodeTimeout, Err: fmt.Errorf("waited too long for the connection: %w", ctx.Err())}
+		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeTimeout, Err: fmt.Errorf("waited too long for the connection: %w", ctx.Err())}
 	}
 	if _, err := l.ensure(!p.running.Load(), p.minBackoff, p.maxBackoff); err != nil {
 		// The link is backing off after a failure: a device that stopped
 		// answering in time is a timeout to the commander, not an error.
-		code := CodeDeviceError
+		code := adapters.CodeDeviceError
 		if errors.Is(err, mb.ErrRequestTimedOut) {
-			code = CodeTimeout
+			code = adapters.CodeTimeout
 		}
-		return adapters.Value{}, &WriteError{Code: code, Err: err}
+		return adapters.Value{}, &adapters.WriteError{Code: code, Err: err}
 	}
 	words, bitsNow, err := p.writeLocked(l, w)
 	if err == nil && verify {
@@ -380,7 +356,7 @@ func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, ver
 		var backBits []bool
 		back, backBits, err = p.readBackLocked(l, w, len(words))
 		if err == nil && !sameWrite(w, words, bitsNow, back, backBits) {
-			err = &WriteError{Code: CodeDeviceError, Err: fmt.Errorf("verify: the device holds %s after the write", decodeBack(dec, w, back, backBits))}
+			err = &adapters.WriteError{Code: adapters.CodeDeviceError, Err: fmt.Errorf("verify: the device holds %s after the write", decodeBack(dec, w, back, backBits))}
 		}
 		words, bitsNow = back, backBits
 	}
@@ -477,7 +453,7 @@ func (p *Poller) readBackLocked(l *link, w encodedWrite, n int) ([]uint16, []boo
 }
 
 // writeFailed classifies a failed request of a write (caller holds l.mu):
-// a timeout is CodeTimeout, anything else CodeDeviceError; a transport
+// a timeout is adapters.CodeTimeout, anything else adapters.CodeDeviceError; a transport
 // error closes the link as a failed poll would.
 func (p *Poller) writeFailed(l *link, werr, err error) error {
 	switch {
@@ -486,13 +462,13 @@ func (p *Poller) writeFailed(l *link, werr, err error) error {
 		if l.consecTmout >= l.users() {
 			l.fail(werr, p.minBackoff, p.maxBackoff)
 		}
-		return &WriteError{Code: CodeTimeout, Err: werr}
+		return &adapters.WriteError{Code: adapters.CodeTimeout, Err: werr}
 	case isException(err):
 		l.answered(p.minBackoff)
 	default:
 		l.fail(werr, p.minBackoff, p.maxBackoff)
 	}
-	return &WriteError{Code: CodeDeviceError, Err: werr}
+	return &adapters.WriteError{Code: adapters.CodeDeviceError, Err: werr}
 }
 
 // kickClass asks Run to poll scan class ci at once (after a write).

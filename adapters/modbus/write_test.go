@@ -102,7 +102,7 @@ func TestEncodeWriteRefuses(t *testing.T) {
 	for _, c := range cases {
 		if err := EncodeWrite(c.tag, c.v); err == nil {
 			t.Errorf("%s %v: accepted", c.tag.Type, c.v)
-		} else if we, ok := err.(*WriteError); !ok || we.Code != CodeBadValue {
+		} else if we, ok := err.(*adapters.WriteError); !ok || we.Code != adapters.CodeBadValue {
 			t.Errorf("%s %v: %v is not bad_value", c.tag.Type, c.v, err)
 		}
 	}
@@ -155,12 +155,12 @@ func TestWriteTag(t *testing.T) {
 		t.Fatal("read-only tag written")
 	}
 	sim.SetException(config.TableHolding, 10, 2, mb.ErrIllegalDataAddress)
-	if _, err := p.WriteTag(ctx, "f", adapters.FloatValue(1), false); err == nil || err.(*WriteError).Code != CodeDeviceError {
+	if _, err := p.WriteTag(ctx, "f", adapters.FloatValue(1), false); err == nil || err.(*adapters.WriteError).Code != adapters.CodeDeviceError {
 		t.Fatalf("exception: %v", err)
 	}
 	sim.ClearExceptions()
 	sim.SetDelay(400 * time.Millisecond)
-	if _, err := p.WriteTag(ctx, "f", adapters.FloatValue(1), false); err == nil || err.(*WriteError).Code != CodeTimeout {
+	if _, err := p.WriteTag(ctx, "f", adapters.FloatValue(1), false); err == nil || err.(*adapters.WriteError).Code != adapters.CodeTimeout {
 		t.Fatalf("timeout: %v", err)
 	}
 	sim.SetDelay(0)

@@ -12,31 +12,8 @@ import (
 	"github.com/gopcua/opcua/ua"
 )
 
-// Write result codes (CONTRACT.md, Commands) carried by a WriteError.
-const (
-	CodeBadValue    = "bad_value"
-	CodeDeviceError = "device_error"
-	CodeTimeout     = "timeout"
-)
-
-// WriteError is why a write failed; Code is one of the Code constants.
-type WriteError struct {
-	Code string
-	Err  error
-}
-
-func (e *WriteError) Error() string { return e.Err.Error() }
-func (e *WriteError) Unwrap() error { return e.Err }
-
-// WriteCode is the result code of the contract.
-func (e *WriteError) WriteCode() string { return e.Code }
-
-func badValue(format string, args ...any) error {
-	return &WriteError{Code: CodeBadValue, Err: fmt.Errorf(format, args...)}
-}
-
 func deviceError(format string, args ...any) error {
-	return &WriteError{Code: CodeDeviceError, Err: fmt.Errorf(format, args...)}
+	return &adapters.WriteError{Code: adapters.CodeDeviceError, Err: fmt.Errorf(format, args...)}
 }
 
 // live is the connection Run currently holds, for writes.
@@ -69,19 +46,19 @@ func (c *Client) tagIndex(name string) int {
 func (c *Client) CheckWrite(tag string, v adapters.Value) error {
 	i := c.tagIndex(tag)
 	if i < 0 {
-		return badValue("device %s has no tag %q", c.dev.Name, tag)
+		return adapters.BadValue("device %s has no tag %q", c.dev.Name, tag)
 	}
 	if !c.tags[i].cfg.Writable {
-		return badValue("tag %s/%s is not writable", c.dev.Name, tag)
+		return adapters.BadValue("tag %s/%s is not writable", c.dev.Name, tag)
 	}
 	switch v.Kind() {
 	case adapters.BoolKind, adapters.IntKind, adapters.UintKind, adapters.StringKind:
 	case adapters.FloatKind:
 		if !floatOK(v.Float()) {
-			return badValue("NaN and infinite values cannot be written")
+			return adapters.BadValue("NaN and infinite values cannot be written")
 		}
 	default:
-		return badValue("only booleans, numbers and strings can be written")
+		return adapters.BadValue("only booleans, numbers and strings can be written")
 	}
 	c.liveMu.Lock()
 	l := c.cur
@@ -109,10 +86,10 @@ func (c *Client) CheckWrite(tag string, v adapters.Value) error {
 func (c *Client) WriteTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
 	i := c.tagIndex(tag)
 	if i < 0 {
-		return adapters.Value{}, badValue("device %s has no tag %q", c.dev.Name, tag)
+		return adapters.Value{}, adapters.BadValue("device %s has no tag %q", c.dev.Name, tag)
 	}
 	if !c.tags[i].cfg.Writable {
-		return adapters.Value{}, badValue("tag %s/%s is not writable", c.dev.Name, tag)
+		return adapters.Value{}, adapters.BadValue("tag %s/%s is not writable", c.dev.Name, tag)
 	}
 	c.liveMu.Lock()
 	l := c.cur
@@ -200,11 +177,11 @@ func classify(ctx context.Context, err error) error {
 	var code ua.StatusCode
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil || errors.Is(err, ua.StatusBadTimeout):
-		return &WriteError{Code: CodeTimeout, Err: err}
+		return &adapters.WriteError{Code: adapters.CodeTimeout, Err: err}
 	case errors.As(err, &code):
-		return &WriteError{Code: CodeDeviceError, Err: fmt.Errorf("%s: %w", StatusName(code), err)}
+		return &adapters.WriteError{Code: adapters.CodeDeviceError, Err: fmt.Errorf("%s: %w", StatusName(code), err)}
 	}
-	return &WriteError{Code: CodeDeviceError, Err: err}
+	return &adapters.WriteError{Code: adapters.CodeDeviceError, Err: err}
 }
 
 // dataType returns the built-in type id of tag i's node, read once per
@@ -236,14 +213,14 @@ func (c *Client) dataType(ctx context.Context, l *live, i int, node *ua.NodeID) 
 		n = x.NodeID
 	}
 	if n == nil || n.Namespace() != 0 || n.Type() != ua.NodeIDTypeTwoByte && n.Type() != ua.NodeIDTypeFourByte && n.Type() != ua.NodeIDTypeNumeric {
-		return 0, badValue("node %s has data type %v, which ferry cannot write", c.tags[i].cfg.Node, dv.Value.Value())
+		return 0, adapters.BadValue("node %s has data type %v, which ferry cannot write", c.tags[i].cfg.Node, dv.Value.Value())
 	}
 	dt = n.IntID()
 	if dt == id.Duration {
 		dt = id.Double
 	}
 	if _, ok := builtinNames[dt]; !ok {
-		return 0, badValue("node %s has data type %v, which ferry cannot write (Boolean, integers, Float, Double, String)", c.tags[i].cfg.Node, n)
+		return 0, adapters.BadValue("node %s has data type %v, which ferry cannot write (Boolean, integers, Float, Double, String)", c.tags[i].cfg.Node, n)
 	}
 	l.mu.Lock()
 	l.types[i] = dt
@@ -263,7 +240,7 @@ var builtinNames = map[uint32]string{
 func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 	name := builtinNames[dt]
 	wrong := func() (*ua.Variant, error) {
-		return nil, badValue("%s does not fit the node's data type %s", v, name)
+		return nil, adapters.BadValue("%s does not fit the node's data type %s", v, name)
 	}
 	switch dt {
 	case id.Boolean:
@@ -284,12 +261,12 @@ func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 		}
 		f := v.Float()
 		if !floatOK(f) {
-			return nil, badValue("NaN and infinite values cannot be written")
+			return nil, adapters.BadValue("NaN and infinite values cannot be written")
 		}
 		if dt == id.Float {
 			f32 := float32(f)
 			if math.IsInf(float64(f32), 0) {
-				return nil, badValue("%s is out of the range of Float", v)
+				return nil, adapters.BadValue("%s is out of the range of Float", v)
 			}
 			return ua.MustVariant(f32), nil
 		}
@@ -311,7 +288,7 @@ func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 		lo, hi = 0, math.MaxUint32
 	case id.Int64, id.UInt64:
 	default:
-		return nil, badValue("data type %d cannot be written", dt)
+		return nil, adapters.BadValue("data type %d cannot be written", dt)
 	}
 	var i int64
 	var u uint64
@@ -325,7 +302,7 @@ func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 		u = v.Uint()
 		if u > math.MaxInt64 {
 			if dt != id.UInt64 {
-				return nil, badValue("%s is out of the range of %s", v, name)
+				return nil, adapters.BadValue("%s is out of the range of %s", v, name)
 			}
 			return ua.MustVariant(u), nil
 		}
@@ -333,7 +310,7 @@ func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 	case adapters.FloatKind:
 		f := v.Float()
 		if f != math.Trunc(f) || math.Abs(f) >= 1<<63 {
-			return nil, badValue("%s is not a whole number in the range of %s", v, name)
+			return nil, adapters.BadValue("%s is not a whole number in the range of %s", v, name)
 		}
 		i = int64(f)
 		neg = i < 0
@@ -346,12 +323,12 @@ func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 		return ua.MustVariant(i), nil
 	case id.UInt64:
 		if neg {
-			return nil, badValue("%s is out of the range of %s", v, name)
+			return nil, adapters.BadValue("%s is out of the range of %s", v, name)
 		}
 		return ua.MustVariant(u), nil
 	}
 	if float64(i) < lo || float64(i) > hi {
-		return nil, badValue("%s is out of the range of %s (%g..%g)", v, name, lo, hi)
+		return nil, adapters.BadValue("%s is out of the range of %s (%g..%g)", v, name, lo, hi)
 	}
 	switch dt {
 	case id.SByte:

@@ -11,7 +11,7 @@ import (
 )
 
 func writeCode(err error) string {
-	var we *WriteError
+	var we *adapters.WriteError
 	if errors.As(err, &we) {
 		return we.Code
 	}
@@ -53,17 +53,17 @@ func TestNodeOPCUAWrite(t *testing.T) {
 			want string
 		}{
 			{"WInt16", adapters.IntValue(-1234), "ok", "-1234"},
-			{"WInt16", adapters.IntValue(40000), CodeBadValue, ""},
-			{"WInt16", adapters.FloatValue(1.5), CodeBadValue, ""},
+			{"WInt16", adapters.IntValue(40000), adapters.CodeBadValue, ""},
+			{"WInt16", adapters.FloatValue(1.5), adapters.CodeBadValue, ""},
 			{"WUInt32", adapters.IntValue(4000000000), "ok", "4000000000"},
-			{"WUInt32", adapters.IntValue(-1), CodeBadValue, ""},
+			{"WUInt32", adapters.IntValue(-1), adapters.CodeBadValue, ""},
 			{"WFloat", adapters.FloatValue(123.456), "ok", "123.456"},
-			{"WFloat", adapters.FloatValue(1e39), CodeBadValue, ""},
+			{"WFloat", adapters.FloatValue(1e39), adapters.CodeBadValue, ""},
 			{"WBool", adapters.BoolValue(true), "ok", "true"},
-			{"WBool", adapters.IntValue(1), CodeBadValue, ""},
+			{"WBool", adapters.IntValue(1), adapters.CodeBadValue, ""},
 			{"WString", adapters.StringValue("héllo"), "ok", `"héllo"`},
 			{"Setpoint", adapters.IntValue(17), "ok", "17"},
-			{"ReadOnly", adapters.FloatValue(1), CodeDeviceError, ""},
+			{"ReadOnly", adapters.FloatValue(1), adapters.CodeDeviceError, ""},
 		}
 		for _, cs := range cases {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -97,7 +97,7 @@ func TestSimWrite(t *testing.T) {
 	if v, err := c.WriteTag(ctx, "w", adapters.IntValue(5), true); err != nil || v.Float() != 5 {
 		t.Fatalf("w: %v %v", v, err)
 	}
-	if _, err := c.WriteTag(ctx, "ro", adapters.IntValue(5), false); writeCode(err) != CodeDeviceError {
+	if _, err := c.WriteTag(ctx, "ro", adapters.IntValue(5), false); writeCode(err) != adapters.CodeDeviceError {
 		t.Fatalf("ro: %v", err)
 	}
 	if w := sim.Writes(); len(w) != 1 || w[0].Value != float64(5) {

@@ -583,10 +583,12 @@ func (l *Log) createSegmentLocked(base uint64) (*segment, error) {
 	return &segment{base: base, name: name, path: path, f: f, scanPrev: base - 1, gapChecked: true}, nil
 }
 
-// enforceCapLocked drops the oldest segments until the log fits MaxBytes.
-func (l *Log) enforceCapLocked() {
-	n, dropped, lo, hi := 0, uint64(0), uint64(0), uint64(0)
-	for l.total > l.opts.MaxBytes && len(l.segs) > 1 {
+// dropOldestWhileLocked drops the oldest segment, never the newest, while
+// more than one is left and cond holds for it. It returns how many
+// segments went, how many unacknowledged records with them, and the first
+// and last seq of those records.
+func (l *Log) dropOldestWhileLocked(cond func(*segment) bool) (n int, dropped, lo, hi uint64) {
+	for len(l.segs) > 1 && cond(l.segs[0]) {
 		d, from, to := l.dropOldestLocked()
 		if d > 0 {
 			if dropped == 0 {
@@ -597,6 +599,12 @@ func (l *Log) enforceCapLocked() {
 		}
 		n++
 	}
+	return n, dropped, lo, hi
+}
+
+// enforceCapLocked drops the oldest segments until the log fits MaxBytes.
+func (l *Log) enforceCapLocked() {
+	n, dropped, lo, hi := l.dropOldestWhileLocked(func(*segment) bool { return l.total > l.opts.MaxBytes })
 	if n == 0 {
 		return
 	}
@@ -630,20 +638,14 @@ func (l *Log) expire() {
 			l.logger.Warn("buffer: cannot start a new segment to expire the old one", "err", err)
 		}
 	}
-	n, dropped, lo, hi := 0, uint64(0), uint64(0), uint64(0)
 	var newest int64
-	for len(l.segs) > 1 && (old(l.segs[0]) || l.segs[0].size == 0) {
-		newest = max(newest, l.segs[0].newestTS)
-		d, from, to := l.dropOldestLocked()
-		if d > 0 {
-			if dropped == 0 {
-				lo = from
-			}
-			dropped += d
-			hi = to
+	n, dropped, lo, hi := l.dropOldestWhileLocked(func(s *segment) bool {
+		if old(s) || s.size == 0 {
+			newest = max(newest, s.newestTS)
+			return true
 		}
-		n++
-	}
+		return false
+	})
 	if n == 0 {
 		return
 	}

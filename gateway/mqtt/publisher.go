@@ -11,9 +11,21 @@
 // add a publish to the shared session after the new connection re-sent it
 // (the packet then waits a whole reconnect for its acknowledgement); and its
 // queue removes a message once it is in the session store, not on PUBACK, so
-// broker reason codes are lost. Owning the loop also gives a plain
-// *net.TCPConn to paho (one writev per packet) and lets the publisher see
-// each CONNACK before anything is published on the new connection.
+// broker reason codes are lost. Owning the loop also lets the publisher
+// choose the connection paho writes to (see below) and see each CONNACK
+// before anything is published on the new connection.
+//
+// # The connection
+//
+// At QoS 1 and 2 paho gets a batchConn (conn.go): reads are buffered, and
+// packets are appended to a buffer that one flusher goroutine writes with
+// one write(2) per batch as soon as the socket takes it (no timer, so an
+// idle link adds no latency). The session store's records of a batch are
+// written just before it (one write(2) too), so a packet never reaches the
+// socket before its record is in the store file. This roughly doubles the
+// QoS 1 and 2 rate over a plain *net.TCPConn (one writev per packet and two
+// or three reads per acknowledgement). At QoS 0, where a record is acked
+// once written to the socket, paho writes straight to the socket.
 //
 // # Delivery
 //
@@ -203,6 +215,9 @@ func New(cfg Config, log Log) (*Publisher, error) {
 			return nil, err
 		}
 	}
+	// At QoS 1 and 2 every connection is a batchConn, which writes the
+	// store's pending records before each socket write.
+	st.deferPuts = cfg.QoS > 0
 	p := &Publisher{
 		cfg:       cfg,
 		ep:        ep,
@@ -767,9 +782,18 @@ func (p *Publisher) awaitConnection(ctx context.Context) *paho.Client {
 	}
 }
 
+// stableAfter: a connection lost sooner than this after its CONNACK counts
+// as a failed attempt for the backoff (see connectionLoop).
+const stableAfter = time.Second
+
 // connectionLoop keeps a connection up until ctx is done, then disconnects.
+// The first reconnection after a loss is immediate; a connection that keeps
+// dying right after its CONNACK (another client with our id taking the
+// session over, a broker that drops us at once) is retried with the
+// backoff instead of in a tight loop.
 func (p *Publisher) connectionLoop(ctx context.Context) {
 	attempt := 0
+	flaps := 0
 	lastErr := ""
 	for {
 		if attempt > 0 && !sleep(ctx, backoff(attempt, p.cfg.ReconnectMin, p.cfg.ReconnectMax)) {
@@ -794,9 +818,16 @@ func (p *Publisher) connectionLoop(ctx context.Context) {
 			continue
 		}
 		attempt, lastErr = 0, ""
+		upAt := time.Now()
 		p.up(cli, ca)
 		select {
 		case <-cli.Done():
+			if time.Since(upAt) < stableAfter {
+				flaps++
+				attempt = flaps
+			} else {
+				flaps = 0
+			}
 			why := "network"
 			if rc := reason.Load(); rc != 0 {
 				why = fmt.Sprintf("server_%#02x", rc)
@@ -889,9 +920,14 @@ var errFreshSession = errors.New("mqtt: new session started; resuming it")
 func (p *Publisher) dial(ctx context.Context) (net.Conn, error) {
 	d := net.Dialer{KeepAlive: -1} // MQTT keep alive does the job
 	if !p.ep.tls {
-		// A plain *net.TCPConn: paho writes each packet with one writev,
-		// which is atomic on it, so no locking wrapper is needed.
-		return d.DialContext(ctx, "tcp", p.ep.addr)
+		conn, err := d.DialContext(ctx, "tcp", p.ep.addr)
+		if err != nil || p.cfg.QoS == 0 {
+			// At QoS 0 a record is acked once written to the socket: a
+			// plain *net.TCPConn, where paho writes each packet with one
+			// writev (atomic on it, so no locking wrapper is needed).
+			return conn, err
+		}
+		return newBatchConn(conn, p.store.flushPending), nil
 	}
 	cfg := p.cfg.TLS
 	if cfg == nil {
@@ -905,8 +941,13 @@ func (p *Publisher) dial(ctx context.Context) (net.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TLS connection to %s: %w", p.ep.addr, err)
 	}
-	// A tls.Conn writes a multi-buffer packet in several Writes: serialise.
-	return packets.NewThreadSafeConn(conn), nil
+	if p.cfg.QoS == 0 {
+		// A tls.Conn writes a multi-buffer packet in several Writes:
+		// serialise. Each Write returns once the record is on the socket.
+		return packets.NewThreadSafeConn(conn), nil
+	}
+	// One TLS write (and as few records as possible) per batch of packets.
+	return newBatchConn(conn, p.store.flushPending), nil
 }
 
 func (p *Publisher) connectPacket() *paho.Connect {

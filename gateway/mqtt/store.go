@@ -32,7 +32,9 @@ import (
 //
 // It implements paho's session/state storer interface. With a directory it
 // is an append-only log file (session.log) of CRC-32C framed records,
-// written with one write(2) each and no fsync: it survives a kill -9 of
+// written without fsync, each before the packet it describes can reach the
+// socket (at QoS 1 and 2 the records of a batch of packets are written
+// with one write(2) just before the batch goes out: see flushPending): it survives a kill -9 of
 // ferry (the data is in the kernel), and a power failure can only cost its
 // tail, which makes QoS 2 at-least-once for what was in flight, never loses
 // a record (the buffer acks only completed deliveries). The log is compacted
@@ -49,11 +51,14 @@ type sessionStore struct {
 	f       *os.File // nil: memory only
 	size    int64    // bytes in f
 	compact int64    // size after the last compaction
-	wbuf    []byte
-	wbuf2   []byte
-	lazy    []byte // framed Delete records not yet written (see Delete)
-	logger  *slog.Logger
-	err     error // first write error (logged once)
+	pend    []byte   // framed records not yet written (see Put and Delete)
+	aw      appendWriter
+	// deferPuts: Put leaves its record in pend; the connection writes
+	// pend (flushPending) before every socket write. Set when every
+	// connection is a batchConn.
+	deferPuts bool
+	logger    *slog.Logger
+	err       error // first write error (logged once)
 
 	live    map[uint16]*storedPacket
 	order   uint64          // Put counter, for List
@@ -218,19 +223,22 @@ func (s *sessionStore) apply(b []byte, marks *[]uint64) bool {
 	return true
 }
 
-// write appends one record; the caller holds s.mu.
+// write appends one record now (after those pending, in one write(2));
+// the caller holds s.mu.
 func (s *sessionStore) write(body []byte) {
 	if s.f == nil {
 		return
 	}
-	s.wbuf = s.frame(append(s.wbuf[:0], s.lazy...), body)
-	s.lazy = s.lazy[:0]
-	n, err := s.f.Write(s.wbuf)
-	s.size += int64(n)
-	if err != nil && s.err == nil {
-		s.err = err
-		s.logger.Error("mqtt session store: write failed; exactly-once across a restart is not assured", "dir", s.dir, "err", err)
-	}
+	s.pend = s.frame(s.pend, body)
+	s.flushLocked()
+}
+
+// appendWriter is an io.Writer appending to b.
+type appendWriter struct{ b []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
 }
 
 func (s *sessionStore) frame(dst, body []byte) []byte {
@@ -246,6 +254,14 @@ func putBody(dst []byte, id uint16, p *storedPacket) []byte {
 	dst = binary.LittleEndian.AppendUint64(dst, p.seq)
 	return append(dst, p.data...)
 }
+
+const (
+	putHdr  = 12 // recPut, id u16, type u8, seq u64
+	lazyMax = 4 << 10
+	// deferMax bounds pend with deferPuts (the connection usually writes
+	// it far sooner).
+	deferMax = 256 << 10
+)
 
 // expectSeq tells the store that packet pk (about to be added to the
 // session) carries the record seq.
@@ -331,16 +347,23 @@ func (s *sessionStore) startState() (live []uint64, done map[uint64]bool) {
 	return live, s.loaded
 }
 
-// Put implements paho's storer.
+// Put implements paho's storer. The packet is encoded straight into the
+// pending record. With deferPuts the record is written by the connection
+// before the packet can leave (flushPending), in one write(2) with the
+// other records of the batch; otherwise now.
 func (s *sessionStore) Put(id uint16, ptype byte, w io.WriterTo) error {
-	var buf bytes.Buffer
-	buf.Grow(256)
-	if _, err := w.WriteTo(&buf); err != nil {
-		return err
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := &storedPacket{ptype: ptype, data: buf.Bytes()}
+	start := len(s.pend)
+	s.aw.b = append(s.pend, make([]byte, 8+putHdr)...)
+	_, err := w.WriteTo(&s.aw)
+	s.pend, s.aw.b = s.aw.b, nil
+	if err != nil {
+		s.pend = s.pend[:start]
+		return err
+	}
+	body := s.pend[start+8:]
+	p := &storedPacket{ptype: ptype, data: bytes.Clone(body[putHdr:])}
 	if old := s.live[id]; old != nil {
 		p.seq, p.order = old.seq, old.order // PUBREL replacing its PUBLISH
 	} else {
@@ -350,8 +373,19 @@ func (s *sessionStore) Put(id uint16, ptype byte, w io.WriterTo) error {
 		p.order = s.order
 	}
 	s.live[id] = p
-	s.wbuf2 = putBody(s.wbuf2[:0], id, p)
-	s.write(s.wbuf2)
+	if s.f == nil {
+		s.pend = s.pend[:start]
+		return nil
+	}
+	body[0] = recPut
+	binary.LittleEndian.PutUint16(body[1:], id)
+	body[3] = ptype
+	binary.LittleEndian.PutUint64(body[4:], p.seq)
+	binary.LittleEndian.PutUint32(s.pend[start:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(s.pend[start+4:], crc32.Checksum(body, crcTable))
+	if !s.deferPuts || len(s.pend) >= deferMax {
+		s.flushLocked()
+	}
 	return nil
 }
 
@@ -387,30 +421,43 @@ func (s *sessionStore) Delete(id uint16) error {
 	if done {
 		b[3] = 1
 	}
-	// A Delete is written with the next record (one write(2) for both) or
-	// when 4 KiB are pending. Losing it in a crash is harmless: the packet
+	// A Delete is written with the next records (one write(2) for all) or
+	// when enough are pending. Losing it in a crash is harmless: the packet
 	// comes back from the store, paho re-sends it (a PUBREL at QoS 2, which
 	// the broker answers without a new delivery; a PUBLISH at QoS 1, where
 	// a duplicate is allowed) and its completion acks a record that is
 	// acked already or still pending.
 	if s.f != nil {
-		s.lazy = s.frame(s.lazy, b[:])
-		if len(s.lazy) >= 4<<10 {
-			s.flushLazy()
+		s.pend = s.frame(s.pend, b[:])
+		if len(s.pend) >= lazyMax && !s.deferPuts || len(s.pend) >= deferMax {
+			s.flushLocked()
 		}
 	}
 	s.maybeCompact()
 	return nil
 }
 
-// flushLazy writes the pending Delete records; the caller holds s.mu.
-func (s *sessionStore) flushLazy() {
-	if len(s.lazy) == 0 || s.f == nil {
+// flushPending writes the pending records (one write(2)). batchConn calls
+// it before every socket write: a PUBLISH or PUBREL is never on the wire
+// before its record is in the file (in the kernel: it survives a kill -9).
+func (s *sessionStore) flushPending() {
+	s.mu.Lock()
+	s.flushLocked()
+	s.mu.Unlock()
+}
+
+// flushLocked writes the pending records; the caller holds s.mu.
+func (s *sessionStore) flushLocked() {
+	if len(s.pend) == 0 || s.f == nil {
 		return
 	}
-	n, err := s.f.Write(s.lazy)
+	n, err := s.f.Write(s.pend)
 	s.size += int64(n)
-	s.lazy = s.lazy[:0]
+	if cap(s.pend) > 4*deferMax {
+		s.pend = nil
+	} else {
+		s.pend = s.pend[:0]
+	}
 	if err != nil && s.err == nil {
 		s.err = err
 		s.logger.Error("mqtt session store: write failed; exactly-once across a restart is not assured", "dir", s.dir, "err", err)
@@ -488,7 +535,7 @@ func (s *sessionStore) maybeCompact() {
 }
 
 func (s *sessionStore) compactLocked() error {
-	s.flushLazy()
+	s.flushLocked()
 	// Drop old marks.
 	cut := s.now().Add(-markRetention)
 	i := 0
@@ -557,7 +604,7 @@ func (s *sessionStore) Close() error {
 	if s.f == nil {
 		return nil
 	}
-	s.flushLazy()
+	s.flushLocked()
 	err := s.f.Close()
 	s.f = nil
 	return err

@@ -71,7 +71,7 @@
 // so seqs are not reused even when every segment is empty.
 //
 // The cursor is written by the background goroutine at most every
-// Options.CursorInterval (default 100 ms) while it moves, and by [Log.Sync]
+// Options.CursorInterval (default 1 s) while it moves, and by [Log.Sync]
 // and [Log.Close]; each write costs two fsyncs (file and directory), so a
 // busy consumer costs at most 10 cursor writes a second, not one per ack.
 // After a crash up to CursorInterval of acks are lost: those records are

@@ -43,7 +43,7 @@ func (m SyncMode) String() string {
 const (
 	DefaultSegmentBytes   = 64 << 20
 	DefaultSyncInterval   = 10 * time.Millisecond
-	DefaultCursorInterval = 100 * time.Millisecond
+	DefaultCursorInterval = time.Second
 )
 
 // maxGroupYields bounds the yields of a group commit leader (see syncTo).

@@ -47,7 +47,9 @@ func configHeader(stateDir string, m mqttSettings) string {
 	if m.ReconnectMax != "" {
 		fmt.Fprintf(&b, "reconnect_max = %q\n", m.ReconnectMax)
 	}
-	b.WriteString("\n[buffer]\nsync = \"batch\"\nsync_interval = \"10ms\"\n\n[metrics]\nlisten = \"\"\n")
+	// FERRY_BENCH_METRICS=127.0.0.1:PORT serves ferry's /metrics and
+	// /debug/pprof during the run, for profiling a scenario.
+	fmt.Fprintf(&b, "\n[buffer]\nsync = \"batch\"\nsync_interval = \"10ms\"\n\n[metrics]\nlisten = %q\n", os.Getenv("FERRY_BENCH_METRICS"))
 	return b.String()
 }
 

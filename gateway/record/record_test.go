@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
@@ -217,4 +218,28 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("payload %q", p)
 		}
 	})
+}
+
+// TestAppendTime: the hand-written formatter matches time.AppendFormat with
+// TimeLayout for any instant, zone and sub-millisecond part.
+func TestAppendTime(t *testing.T) {
+	zones := []*time.Location{time.UTC, time.FixedZone("plant", -5*3600-1800), time.FixedZone("east", 14*3600)}
+	r := rand.New(rand.NewPCG(1, 2))
+	cases := []time.Time{
+		time.Date(2026, 11, 25, 21, 0, 0, 123456789, time.UTC),
+		time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+		{},
+	}
+	for range 10000 {
+		cases = append(cases, time.Unix(r.Int64N(1<<36)-1<<35, r.Int64N(1e9)).In(zones[r.IntN(len(zones))]))
+	}
+	for _, tm := range cases {
+		want := tm.UTC().AppendFormat(nil, TimeLayout)
+		if got := AppendTime(nil, tm); string(got) != string(want) {
+			t.Fatalf("AppendTime(%v) = %s, want %s", tm, got, want)
+		}
+	}
 }

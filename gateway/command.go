@@ -70,6 +70,11 @@ type cmdTag struct {
 	lastWrite time.Time // guarded by dev.mu
 }
 
+// readOnlyTag stands for every configured tag without writable = true: a
+// command to it is answered not_writable. Shared, so a gateway with
+// thousands of read-only tags keeps no per-tag command state.
+var readOnlyTag = &cmdTag{}
+
 // cmdDevice serializes the commands of one device.
 type cmdDevice struct {
 	name   string
@@ -192,7 +197,11 @@ func newCommandRouter(cfg *config.Config, mq commandTransport, writers map[strin
 			r.devices[dev] = d
 			r.tags[dev] = map[string]*cmdTag{}
 		}
-		r.tags[dev][name] = &cmdTag{device: dev, name: name, writable: writable, min: lo, max: hi, verify: verify, minInterval: iv, dev: d}
+		if !writable {
+			r.tags[dev][name] = readOnlyTag // known, never written: no state
+			return
+		}
+		r.tags[dev][name] = &cmdTag{device: dev, name: name, writable: true, min: lo, max: hi, verify: verify, minInterval: iv, dev: d}
 	}
 	for _, d := range cfg.Modbus {
 		for _, t := range d.Tags {

@@ -103,16 +103,23 @@ func (s *sink) setRoutes(cfg *config.Config) {
 			retain:    cfg.MQTT.Retain,
 		}
 	}
+	// Per-tag topics only for devices that publish per tag: a device-mode
+	// gateway with 10,000 tags keeps no 10,000 topic strings.
+	addTag := func(device, publish, tag string, retain bool) {
+		if publish != config.PublishDevice {
+			r.tags[tagKey{device, tag}] = tagInfo{r.prefix + "/" + device + "/" + tag, retain}
+		}
+	}
 	for _, d := range cfg.Modbus {
 		addDevice(d.Name, d.Publish)
 		for _, t := range d.Tags {
-			r.tags[tagKey{d.Name, t.Name}] = tagInfo{r.prefix + "/" + d.Name + "/" + t.Name, t.Retain}
+			addTag(d.Name, d.Publish, t.Name, t.Retain)
 		}
 	}
 	for _, d := range cfg.OPCUA {
 		addDevice(d.Name, d.Publish)
 		for _, t := range d.Tags {
-			r.tags[tagKey{d.Name, t.Name}] = tagInfo{r.prefix + "/" + d.Name + "/" + t.Name, t.Retain}
+			addTag(d.Name, d.Publish, t.Name, t.Retain)
 		}
 	}
 	s.routes.Store(r)

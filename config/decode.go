@@ -36,7 +36,7 @@ func (d *decoder) decode(root map[string]any) *Config {
 		t.finish()
 	}
 
-	devices := map[string]int{} // device name -> line of first definition
+	devices := map[string][]string{} // device name -> raw key path of its first definition
 	links := map[string]ModbusDevice{}
 	for _, t := range top.array("modbus") {
 		dev, s := d.modbusDevice(t, &c.MQTT, devices)
@@ -56,7 +56,7 @@ func (d *decoder) decode(root map[string]any) *Config {
 }
 
 // lineOf returns the line of the key at raw, or 0.
-func (d *decoder) lineOf(raw []string) int { return d.ix.lookup(raw).line }
+func (d *decoder) lineOf(raw []string) int { return d.positions().lookup(raw).line }
 
 func (d *decoder) gateway(t *table, g *Gateway) {
 	if !t.has("id") {
@@ -212,17 +212,18 @@ var (
 	modbusSerialKey = []string{"speed", "data_bits", "parity", "stop_bits"}
 )
 
-// checkDuplicate records name (defined at raw) in seen and reports a
-// duplicate.
-func (t *table) checkDuplicate(seen map[string]int, kind, name string) {
+// checkDuplicate records where name is defined in seen and reports a
+// duplicate (its line is looked up only then: a valid config never builds
+// the position index).
+func (t *table) checkDuplicate(seen map[string][]string, kind, name string) {
 	if first, ok := seen[name]; ok {
-		t.errf("name", "duplicate %s %q (first defined at line %d)", kind, name, first)
+		t.errf("name", "duplicate %s %q (first defined at line %d)", kind, name, t.d.lineOf(first))
 		return
 	}
-	seen[name] = t.d.lineOf(t.child("name"))
+	seen[name] = t.child("name")
 }
 
-func (d *decoder) modbusDevice(t *table, mq *MQTT, devices map[string]int) (ModbusDevice, modbusSet) {
+func (d *decoder) modbusDevice(t *table, mq *MQTT, devices map[string][]string) (ModbusDevice, modbusSet) {
 	dev := defaultModbusDevice()
 	var set modbusSet
 	if name, ok := t.nameElem("device"); ok {
@@ -283,7 +284,7 @@ func (d *decoder) modbusDevice(t *table, mq *MQTT, devices map[string]int) (Modb
 		}
 	}
 
-	tags := map[string]int{}
+	tags := map[string][]string{}
 	for _, tt := range t.array("tag") {
 		tag, ts := d.modbusTag(tt, &dev, tags)
 		dev.Tags = append(dev.Tags, tag)
@@ -312,7 +313,7 @@ func checkSharedLink(t *table, links map[string]ModbusDevice, dev ModbusDevice) 
 
 func isRegisterTable(table string) bool { return table == TableHolding || table == TableInput }
 
-func (d *decoder) modbusTag(t *table, dev *ModbusDevice, seen map[string]int) (ModbusTag, struct{ order, interval, retain bool }) {
+func (d *decoder) modbusTag(t *table, dev *ModbusDevice, seen map[string][]string) (ModbusTag, struct{ order, interval, retain bool }) {
 	tag := defaultModbusTag()
 	var set struct{ order, interval, retain bool }
 	if name, ok := t.nameElem("tag"); ok {
@@ -443,7 +444,7 @@ var (
 	opcuaModes    = []string{SecurityModeNone, SecurityModeSign, SecurityModeSignAndEncrypt}
 )
 
-func (d *decoder) opcuaDevice(t *table, devices map[string]int) (OPCUADevice, opcuaSet) {
+func (d *decoder) opcuaDevice(t *table, devices map[string][]string) (OPCUADevice, opcuaSet) {
 	dev := defaultOPCUADevice()
 	var set opcuaSet
 	if name, ok := t.nameElem("device"); ok {
@@ -525,7 +526,7 @@ func (d *decoder) opcuaDevice(t *table, devices map[string]int) (OPCUADevice, op
 	set.publish = t.has("publish")
 	t.oneOf("publish", &dev.Publish, PublishTag, PublishDevice)
 
-	tags := map[string]int{}
+	tags := map[string][]string{}
 	for _, tt := range t.array("tag") {
 		tag, ts := d.opcuaTag(tt, tags)
 		dev.Tags = append(dev.Tags, tag)
@@ -535,7 +536,7 @@ func (d *decoder) opcuaDevice(t *table, devices map[string]int) (OPCUADevice, op
 	return dev, set
 }
 
-func (d *decoder) opcuaTag(t *table, seen map[string]int) (OPCUATag, struct{ samplingInterval, retain bool }) {
+func (d *decoder) opcuaTag(t *table, seen map[string][]string) (OPCUATag, struct{ samplingInterval, retain bool }) {
 	tag := defaultOPCUATag()
 	var set struct{ samplingInterval, retain bool }
 	if name, ok := t.nameElem("tag"); ok {

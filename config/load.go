@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,7 +53,7 @@ func Parse(path string, data []byte, getenv func(string) string) (*Config, error
 	if _, err := toml.Decode(src, &root); err != nil {
 		return nil, d.syntaxError(src, err)
 	}
-	d.ix = indexPositions(src)
+	d.src = src // positions are indexed only when an error needs one
 
 	c := d.decode(root)
 	if len(d.errs) > 0 {
@@ -103,15 +104,21 @@ type decoder struct {
 	file   string
 	dir    string
 	getenv func(string) string
-	ix     *posIndex
+	src    string
+	ix     *posIndex // built on first use: a valid config never needs it
 	errs   Errors
 }
 
-func (d *decoder) errAt(raw []string, path, format string, args ...any) {
-	p := position{}
-	if d.ix != nil {
-		p = d.ix.lookup(raw)
+// positions returns the position index of the source, building it once.
+func (d *decoder) positions() *posIndex {
+	if d.ix == nil {
+		d.ix = indexPositions(d.src)
 	}
+	return d.ix
+}
+
+func (d *decoder) errAt(raw []string, path, format string, args ...any) {
+	p := d.positions().lookup(raw)
 	d.errs = append(d.errs, &Error{File: d.file, Line: p.line, Col: p.col, Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
@@ -179,13 +186,9 @@ func (t *table) missing(key, format string, args ...any) {
 
 // finish reports every key that was not read as unknown.
 func (t *table) finish() {
-	seen := make(map[string]bool, len(t.known))
-	for _, k := range t.known {
-		seen[k] = true
-	}
 	var unknown []string
 	for k := range t.m {
-		if !seen[k] {
+		if !slices.Contains(t.known, k) {
 			unknown = append(unknown, k)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -213,5 +214,31 @@ func TestReloadMQTT(t *testing.T) {
 		if !seen[s] {
 			t.Errorf("seq %v lost across the publisher switch", s)
 		}
+	}
+}
+
+// TestMetricsListenBusy: a metrics address that cannot be bound stops the
+// start with an error naming the key, and leaves nothing running (goleak).
+func TestMetricsListenBusy(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	broker := mosquittotest.Start(t)
+	cfg := twoDevices(t, broker.URL(), modbustest.New(t), modbustest.New(t))
+	cfg.Metrics.Listen = busy.Addr().String()
+	g, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = g.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "metrics.listen") {
+		t.Fatalf("Run = %v, want an error naming metrics.listen", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Run waited for the context instead of failing at start")
 	}
 }

@@ -29,40 +29,49 @@ const (
 // same run benchN messages of the same size, topic and QoS with a plain
 // paho client (in-memory session) using benchWindow goroutines each
 // calling the blocking Publish: the usual way to keep a window in flight.
-// It reports both rates and ferry's share of the plain client's rate.
+// It reports both rates and ferry's share of the plain client's rate, for
+// a tag-mode-sized message and one the size of a 100-tag device message
+// (a backlog drain in device mode).
 //
 //	go test -run '^$' -bench VsPaho -benchtime 3x ./gateway/mqtt
 func BenchmarkVsPaho(b *testing.B) {
 	for _, qos := range []byte{1, 2} {
-		b.Run(fmt.Sprintf("qos%d", qos), func(b *testing.B) {
-			// Receive Maximum = the window for both clients.
-			br := mosquittotest.Start(b, mosquittotest.WithConfig(fmt.Sprintf("max_inflight_messages %d", benchWindow)))
-			topic, payload := benchMessage()
-			var ferryT, pahoT time.Duration
-			for b.Loop() {
-				ferryT += benchFerry(b, br.URL(), qos, topic)
-				pahoT += benchPaho(b, br.Addr(), qos, topic, payload)
-			}
-			n := float64(benchN * b.N)
-			f, p := n/ferryT.Seconds(), n/pahoT.Seconds()
-			b.ReportMetric(f, "ferry_msgs/s")
-			b.ReportMetric(p, "paho_msgs/s")
-			b.ReportMetric(f/p, "ratio")
-			b.ReportMetric(0, "ns/op")
-		})
+		for _, size := range []int{200, 7000} {
+			b.Run(fmt.Sprintf("qos%d/%dB", qos, size), func(b *testing.B) {
+				benchVsPaho(b, qos, size)
+			})
+		}
 	}
 }
 
-// benchMessage returns a reading's topic and the payload the publisher
-// makes of it (~200 bytes).
-func benchMessage() (string, []byte) {
-	topic := prefix + "/plc1/temperature"
-	r := adapters.Reading{Value: adapters.StringValue(strings.Repeat("x", 120)), Quality: adapters.Good, Time: ts0}
-	m, _ := record.Decode(record.AppendReading(nil, topic, false, r))
-	return topic, m.AppendPayload(nil, 1234567)
+func benchVsPaho(b *testing.B, qos byte, size int) {
+	// Receive Maximum = the window for both clients.
+	br := mosquittotest.Start(b, mosquittotest.WithConfig(fmt.Sprintf("max_inflight_messages %d", benchWindow)))
+	topic, rec, payload := benchMessage(size)
+	var ferryT, pahoT time.Duration
+	for b.Loop() {
+		ferryT += benchFerry(b, br.URL(), qos, rec)
+		pahoT += benchPaho(b, br.Addr(), qos, topic, payload)
+	}
+	n := float64(benchN * b.N)
+	f, p := n/ferryT.Seconds(), n/pahoT.Seconds()
+	b.ReportMetric(f, "ferry_msgs/s")
+	b.ReportMetric(p, "paho_msgs/s")
+	b.ReportMetric(f/p, "ratio")
+	b.ReportMetric(0, "ns/op")
 }
 
-func benchFerry(b *testing.B, url string, qos byte, topic string) time.Duration {
+// benchMessage returns a reading's topic, its buffer record and the
+// payload the publisher makes of it (about size bytes).
+func benchMessage(size int) (string, []byte, []byte) {
+	topic := prefix + "/plc1/temperature"
+	r := adapters.Reading{Value: adapters.StringValue(strings.Repeat("x", max(0, size-80))), Quality: adapters.Good, Time: ts0}
+	rec := record.AppendReading(nil, topic, false, r)
+	m, _ := record.Decode(rec)
+	return topic, rec, m.AppendPayload(nil, 1234567)
+}
+
+func benchFerry(b *testing.B, url string, qos byte, rec []byte) time.Duration {
 	l, err := buffer.Open(b.TempDir(), buffer.Options{Sync: buffer.SyncBatch})
 	if err != nil {
 		b.Fatal(err)
@@ -81,8 +90,6 @@ func benchFerry(b *testing.B, url string, qos byte, topic string) time.Duration 
 	for !p.Connected() {
 		time.Sleep(time.Millisecond)
 	}
-	r := adapters.Reading{Value: adapters.StringValue(strings.Repeat("x", 120)), Quality: adapters.Good, Time: ts0}
-	rec := record.AppendReading(nil, topic, false, r)
 	recs := make([][]byte, 100)
 	for i := range recs {
 		recs[i] = rec

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -410,5 +411,92 @@ func TestSessionStoreReplay(t *testing.T) {
 	s.Reset()
 	if live, _ := s.startState(); len(live) != 0 {
 		t.Fatalf("live after Reset: %v", live)
+	}
+}
+
+// TestSessionStoreReuseAndCompaction: buffers of deleted packets are
+// reused without touching live packets or a packet handed out by Get, and
+// the log compacts itself once it passes compactMin, keeping what is live.
+func TestSessionStoreReuseAndCompaction(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openStore(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	body := func(seq uint64, n int) string {
+		return fmt.Sprintf("%08d", seq) + strings.Repeat(string(rune('a'+seq%26)), n)
+	}
+	get := func(id uint16) string {
+		t.Helper()
+		r, err := s.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		b.ReadFrom(r)
+		return b.String()
+	}
+	// A window of 20 packets in flight; each delivered one is replaced by
+	// the next, of varying sizes, until the log has passed compactMin
+	// several times.
+	const window = 20
+	live := map[uint16]uint64{}
+	var seq uint64
+	sizes := []int{7000, 50, 7300, 300}
+	compactions := 0
+	last := int64(0)
+	var held io.Reader
+	var heldWant string
+	for seq < uint64(4*compactMin/7000) {
+		seq++
+		id := uint16(seq%window) + 1
+		if old, ok := live[id]; ok {
+			if got := get(id); got != body(old, sizes[old%4]) {
+				t.Fatalf("seq %d: live packet %d reads %.20q…", seq, id, got)
+			}
+			if seq%97 == 0 {
+				held, _ = s.Get(id) // read after its buffer is reused
+				heldWant = body(old, sizes[old%4])
+			}
+			s.Delete(id)
+		}
+		w := bytes.NewBufferString(body(seq, sizes[seq%4]))
+		s.expectSeq(w, seq)
+		if err := s.Put(id, 3, w); err != nil {
+			t.Fatal(err)
+		}
+		live[id] = seq
+		if s.size < last {
+			compactions++
+		}
+		last = s.size
+		if s.size > compactMin+64<<10 {
+			t.Fatalf("log is %d bytes, past compactMin %d", s.size, compactMin)
+		}
+	}
+	if compactions < 2 {
+		t.Fatalf("%d compactions", compactions)
+	}
+	if held != nil {
+		var b bytes.Buffer
+		b.ReadFrom(held)
+		if b.String() != heldWant {
+			t.Fatalf("a packet read after Delete changed: %.20q…", b.String())
+		}
+	}
+	s.Close()
+	s, err = openStore(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inFlight, _ := s.startState()
+	if len(inFlight) != window {
+		t.Fatalf("after reopen: %d live, want %d", len(inFlight), window)
+	}
+	for id, sq := range live {
+		if got := get(id); got != body(sq, sizes[sq%4]) || s.seqOf(id) != sq {
+			t.Fatalf("after reopen: packet %d reads %.20q… seq %d", id, got, s.seqOf(id))
+		}
 	}
 }

@@ -139,6 +139,7 @@ type Publisher struct {
 	stateBell chan struct{}
 	wake      chan struct{} // wakes the sender: an ack, a failure, a connection
 	dl        *deadLetter
+	payloads  sync.Pool // *[]byte: payload buffers of delivered jobs
 
 	mu        sync.Mutex
 	cli       *paho.Client  // nil while down
@@ -543,7 +544,7 @@ func (p *Publisher) newJob(seq uint64, data []byte, replay bool) (*job, error) {
 		QoS:     p.cfg.QoS,
 		Retain:  m.Retain,
 		Topic:   m.Topic,
-		Payload: m.AppendPayload(make([]byte, 0, len(m.Body)+28), seq),
+		Payload: m.AppendPayload(p.payloadBuf(len(m.Body)+28), seq),
 	}
 	var props paho.PublishProperties
 	if replay {
@@ -557,6 +558,27 @@ func (p *Publisher) newJob(seq uint64, data []byte, replay bool) (*job, error) {
 		j.pub.Properties = &props
 	}
 	return j, nil
+}
+
+// payloadBuf returns an empty buffer of at least n bytes for a payload.
+func (p *Publisher) payloadBuf(n int) []byte {
+	if b, ok := p.payloads.Get().(*[]byte); ok && cap(*b) >= n {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, n)
+}
+
+// releasePayload recycles the payload of a delivered job. paho is done
+// with it: the packet was copied into the session store and onto the
+// connection before its acknowledgement could arrive, and a re-send after
+// a reconnect comes from the store.
+func (p *Publisher) releasePayload(j *job) {
+	if j.pub == nil || cap(j.pub.Payload) > 1<<20 {
+		return
+	}
+	b := j.pub.Payload[:0]
+	j.pub.Payload = nil
+	p.payloads.Put(&b)
 }
 
 // load builds the PUBLISH of a job restored from the session store. False
@@ -704,6 +726,7 @@ func (p *Publisher) complete(seq uint64, rc byte, reason string) {
 	if rc < 0x80 {
 		p.ackRecord(seq)
 		ring(p.wake)
+		p.releasePayload(j)
 		return
 	}
 	p.stats.failed.Add(1)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,9 +22,18 @@ const baselineWorkers = 256
 // baseline publishes size-byte messages at the bench QoS from one plain
 // paho client (on a *net.TCPConn) straight into a fresh broker, and
 // counts them at the same kind of subscriber as the ferry rows.
-func (b *bench) baseline(size int) (r result) {
+func (b *bench) baseline(spec baselineSpec) (r result) {
+	size := spec.size
 	r = result{Scenario: fmt.Sprintf("baseline-%dB", size), Source: "paho", QoS: b.opts.QoS}
-	b.logf("%s: plain paho client, %d-byte messages, QoS %d", r.Scenario, size, b.opts.QoS)
+	how := "padded tag-mode payloads"
+	if spec.sample != nil {
+		how = "payloads copied from ferry's"
+	}
+	b.logf("%s: plain paho client, %d-byte messages (%s), QoS %d", r.Scenario, size, how, b.opts.QoS)
+	payload := func(seq uint64, ts time.Time) []byte { return baselinePayload(seq, ts, size) }
+	if spec.sample != nil {
+		payload = samplePayloads(spec.sample)
+	}
 	dir := b.dir(r.Scenario)
 	br, err := startBroker(filepath.Join(dir, "broker"), false)
 	if err != nil {
@@ -67,7 +77,7 @@ func (b *bench) baseline(size int) (r result) {
 				default:
 				}
 				s := seq.Add(1)
-				_, err := cli.Publish(ctx, &paho.Publish{Topic: topic, QoS: byte(b.opts.QoS), Payload: baselinePayload(s, time.Now(), size)})
+				_, err := cli.Publish(ctx, &paho.Publish{Topic: topic, QoS: byte(b.opts.QoS), Payload: payload(s, time.Now())})
 				if err != nil {
 					pubErrs.Add(1)
 					if ctx.Err() != nil {
@@ -106,6 +116,27 @@ func (b *bench) baseline(size int) (r result) {
 		r.Lost -= n // never acknowledged, so not owed
 	}
 	return r
+}
+
+// samplePayloads returns a generator of payloads like sample (one ferry
+// delivered) with a fresh ts and seq; for a sample without a ts before its
+// seq, padded tag-mode payloads of its size.
+func samplePayloads(sample []byte) func(seq uint64, ts time.Time) []byte {
+	p, _, err := parsePayload(sample, false)
+	if err != nil || p.tsAt[1] == 0 || p.seqAt[0] < p.tsAt[1] {
+		return func(seq uint64, ts time.Time) []byte { return baselinePayload(seq, ts, len(sample)) }
+	}
+	head, mid, tail := sample[:p.tsAt[0]], sample[p.tsAt[1]:p.seqAt[0]], sample[p.seqAt[1]:]
+	return func(seq uint64, ts time.Time) []byte {
+		out := make([]byte, 0, len(sample)+8)
+		out = append(out, head...)
+		out = append(out, '"')
+		out = ts.UTC().AppendFormat(out, "2006-01-02T15:04:05.000Z")
+		out = append(out, '"')
+		out = append(out, mid...)
+		out = strconv.AppendUint(out, seq, 10)
+		return append(out, tail...)
+	}
 }
 
 // baselinePayload is a tag-mode-like payload padded to size bytes.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -276,12 +277,34 @@ func TestBaselineSizes(t *testing.T) {
 		{Mode: "device", OutageS: 10, AvgMsgBytes: 7345},
 		{Mode: "tag", Error: "x", AvgMsgBytes: 500},
 	}
-	got := baselineSizes(rs)
-	if len(got) != 2 || got[0] != 76 || got[1] != 7300 {
-		t.Errorf("baselineSizes = %v", got)
+	rs[1].sample = []byte("tag sample")
+	got := baselineSpecs(rs)
+	if len(got) != 2 || got[0].size != 76 || got[1].size != 7300 || string(got[0].sample) != "tag sample" || got[1].sample != nil {
+		t.Errorf("baselineSpecs = %+v", got)
 	}
-	if got := baselineSizes(nil); len(got) != 2 {
-		t.Errorf("default sizes = %v", got)
+	if got := baselineSpecs(nil); len(got) != 2 {
+		t.Errorf("default specs = %+v", got)
+	}
+}
+
+// TestSamplePayloads: the baseline sends ferry's payload with its own ts
+// and seq, which the subscriber reads back.
+func TestSamplePayloads(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	ts := time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.UTC)
+	for i, sample := range [][]byte{ferryPayload(rng, false, 1, 99), ferryPayload(rng, true, 100, 12345678), []byte(`{"seq":5,"ts":"2026-01-01T00:00:00Z"}`)} {
+		gen := samplePayloads(sample)
+		for _, seq := range []uint64{1, 42, 1 << 40} {
+			out := gen(seq, ts)
+			p, dev, err := parsePayload(out, false)
+			if err != nil || p.Seq != seq || !p.TS.Equal(ts) {
+				t.Fatalf("sample %d seq %d: %+v %v\n%s", i, seq, p, err, out)
+			}
+			want, wantDev, _ := parsePayload(sample, false)
+			if dev != wantDev || p.Readings != want.Readings || p.Bad != want.Bad || (i < 2 && len(out) > len(sample)+12) {
+				t.Errorf("sample %d: %+v device=%v, from %+v device=%v (%d vs %d bytes)", i, p, dev, want, wantDev, len(out), len(sample))
+			}
+		}
 	}
 }
 

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -209,4 +211,33 @@ func (u *usage) sleepSampling(d time.Duration, p *ferryProc) {
 		}
 	}
 	u.sample()
+}
+
+// profileCPU fetches a CPU profile of the ferry under test over the next d
+// into dir/NAME.pprof when FERRY_BENCH_METRICS serves its /debug/pprof;
+// the returned func waits for it. Without the variable it does nothing.
+func profileCPU(dir, name string, d time.Duration) (wait func()) {
+	addr := os.Getenv("FERRY_BENCH_METRICS")
+	if addr == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds()))
+		resp, err := http.Get(url)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ferry-bench: profile %s: %v\n", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode == http.StatusOK {
+			err = os.WriteFile(filepath.Join(dir, name+".pprof"), body, 0o644)
+		}
+		if err != nil || resp.StatusCode != http.StatusOK {
+			fmt.Fprintf(os.Stderr, "ferry-bench: profile %s: %v %s\n", name, err, resp.Status)
+		}
+	}()
+	return func() { <-done }
 }

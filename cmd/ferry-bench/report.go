@@ -73,6 +73,7 @@ type result struct {
 	Lost             int64          `json:"lost_messages"`
 	Dups             int64          `json:"duplicate_messages"`
 	Bad              int64          `json:"bad_readings"`
+	sample           []byte         // a payload ferry delivered, for the baseline
 	Latency          latencySummary `json:"latency"`
 	AllReportedS     float64        `json:"all_reported_s,omitempty"` // OPC UA: ferry start to every item seen once
 	BaselineMsgsPerS float64        `json:"baseline_msgs_per_s,omitempty"`

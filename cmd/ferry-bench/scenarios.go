@@ -80,19 +80,29 @@ func (b *bench) runAll() []result {
 		}
 	}
 	if contains(b.opts.Scenarios, "baseline") {
-		for _, size := range baselineSizes(rs) {
-			add(b.baseline(size))
+		for _, spec := range baselineSpecs(rs) {
+			add(b.baseline(spec))
 		}
 	}
 	applyTargets(rs)
 	return rs
 }
 
-// baselineSizes are the distinct message sizes (2 significant digits) of
+// baselineSpec is one baseline row to run: a message size and, when a
+// ferry row of that size delivered one, a sample of its payloads, which the
+// plain client then sends with fresh ts and seq, so that both sides cost
+// the broker and the subscriber the same per message.
+type baselineSpec struct {
+	size   int
+	sample []byte
+}
+
+// baselineSpecs are the distinct message sizes (2 significant digits) of
 // the rows that compare with the baseline: the tag-mode rows and the
 // outage drain. Without any, a typical tag-mode and a 100-reading device
 // message.
-func baselineSizes(rs []result) []int {
+func baselineSpecs(rs []result) []baselineSpec {
+	var specs []baselineSpec
 	var sizes []int
 	for _, r := range rs {
 		if r.Error != "" || r.AvgMsgBytes == 0 || (r.Mode != "tag" && r.OutageS == 0) {
@@ -101,12 +111,13 @@ func baselineSizes(rs []result) []int {
 		s := round2(int(r.AvgMsgBytes))
 		if !nearSize(sizes, s) {
 			sizes = append(sizes, s)
+			specs = append(specs, baselineSpec{size: s, sample: r.sample})
 		}
 	}
-	if len(sizes) == 0 {
-		sizes = []int{80, 7000}
+	if len(specs) == 0 {
+		specs = []baselineSpec{{size: 80}, {size: 7000}}
 	}
-	return sizes
+	return specs
 }
 
 func round2(n int) int {
@@ -306,6 +317,7 @@ func finish(fp *ferryProc, sub *subscriber, r *result) {
 	r.Lost = sub.seqs.lost()
 	r.Dups = sub.seqs.dups
 	r.Bad = sub.bad
+	r.sample = sub.sample
 	if sub.parseErrs > 0 {
 		r.Notes = strings.TrimPrefix(r.Notes+fmt.Sprintf("; %d unparsable payloads", sub.parseErrs), "; ")
 	}
@@ -488,10 +500,12 @@ func (b *bench) outage(name, mode string, devices, tags int, interval time.Durat
 	sub.sampledIn[1] = restartAt
 	sub.afterMark, sub.markAt = true, restartAt
 	sub.mu.Unlock()
+	prof := profileCPU(dir, "drain", 3*time.Second)
 	if err := br.start(); err != nil {
 		r.Error = "broker restart: " + err.Error()
 		return r
 	}
+	defer prof()
 	timeout := max(120*time.Second, 4*b.opts.Outage)
 	drained := sub.waitFor(timeout, func(s *subscriber) bool { return s.liveAfter })
 	u.sleepSampling(2*time.Second, fp) // live data after the drain

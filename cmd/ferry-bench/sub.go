@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -46,7 +47,8 @@ type subscriber struct {
 	lastReplay time.Time
 	liveAfter  bool // a non-replay message arrived after a replay one (after the mark)
 	sampledIn  [2]time.Time
-	sampledRds int64 // readings with sample ts inside sampledIn (outage window)
+	sampledRds int64  // readings with sample ts inside sampledIn (outage window)
+	sample     []byte // the first telemetry payload (for the baseline)
 }
 
 func startSubscriber(addr, topic string, qos byte) (*subscriber, error) {
@@ -160,6 +162,9 @@ func (s *subscriber) received(pr paho.PublishReceived) (bool, error) {
 		return true, nil
 	}
 	s.lastMsg = now
+	if s.sample == nil && p.tsAt[1] > 0 {
+		s.sample = bytes.Clone(pk.Payload)
+	}
 	s.msgs++
 	s.bytes += int64(len(pk.Payload))
 	if s.seqs.add(p.Seq) {

@@ -87,11 +87,8 @@ func (b *bench) baseline(spec baselineSpec) (r result) {
 			}
 		}()
 	}
-	time.Sleep(time.Second) // ramp up
-	window := 10 * time.Second
-	if b.opts.Short {
-		window = 3 * time.Second
-	}
+	time.Sleep(b.pick(time.Second, 500*time.Millisecond)) // ramp up
+	window := b.pick(10*time.Second, 2*time.Second)
 	c0 := sub.snapshot()
 	sub.setRecordLatency(true)
 	time.Sleep(window)
@@ -99,7 +96,7 @@ func (b *bench) baseline(spec baselineSpec) (r result) {
 	sub.setRecordLatency(false)
 	close(stop)
 	wg.Wait()
-	sub.quiesce(time.Second, 15*time.Second)
+	sub.quiesce(b.quiet(), 15*time.Second)
 	w := c1.at.Sub(c0.at).Seconds()
 	r.WindowS = w
 	r.MsgsPerS = float64(c1.msgs-c0.msgs) / w

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -334,5 +335,26 @@ func TestMosquittoConf(t *testing.T) {
 	}
 	if c := mosquittoConf(1, "/d", false, false); strings.Contains(c, "user root") || !strings.Contains(c, "persistence false") {
 		t.Errorf("conf:\n%s", c)
+	}
+}
+
+func TestModes(t *testing.T) {
+	for _, tc := range []struct {
+		short    bool
+		flag     []string
+		scenario string
+		want     string
+	}{
+		{false, nil, "modbus-10k-1s", "[device tag]"},
+		{true, nil, "modbus-10k-1s", "[device]"},
+		{true, nil, "opcua-10k-1hz", "[device]"},
+		{true, nil, "modbus-1k-100ms", "[device tag]"}, // issue 9's ratio
+		{true, []string{"tag"}, "modbus-10k-1s", "[tag]"},
+		{false, []string{"device"}, "modbus-1k-100ms", "[device]"},
+	} {
+		b := &bench{opts: options{Short: tc.short, Modes: tc.flag}}
+		if got := fmt.Sprint(b.modes(tc.scenario)); got != tc.want {
+			t.Errorf("short=%v -modes %v %s: %s, want %s", tc.short, tc.flag, tc.scenario, got, tc.want)
+		}
 	}
 }

@@ -35,11 +35,33 @@ func (b *bench) dir(name string) string {
 	return d
 }
 
-func (b *bench) warmup() time.Duration {
+// pick returns full, or short under -short: the waits around the
+// measuring windows.
+func (b *bench) pick(full, short time.Duration) time.Duration {
 	if b.opts.Short {
-		return 2 * time.Second
+		return short
 	}
-	return 5 * time.Second
+	return full
+}
+
+// warmup is the time between ferry's first complete cycle and the window.
+func (b *bench) warmup() time.Duration { return b.pick(5*time.Second, time.Second) }
+
+// quiet is how long the subscriber must hear nothing after ferry stopped
+// before the run's counts are final.
+func (b *bench) quiet() time.Duration { return b.pick(time.Second, 300*time.Millisecond) }
+
+// modes are the publish modes to run scenario in: -modes, else both; under
+// -short only device mode, but for the pair issue 9's ratio compares.
+func (b *bench) modes(scenario string) []string {
+	switch {
+	case len(b.opts.Modes) > 0:
+		return b.opts.Modes
+	case b.opts.Short && scenario != "modbus-1k-100ms":
+		return []string{"device"}
+	default:
+		return []string{"device", "tag"}
+	}
 }
 
 // runAll runs the selected scenarios in a fixed order, baseline last (it
@@ -60,19 +82,19 @@ func (b *bench) runAll() []result {
 	for _, s := range b.opts.Scenarios {
 		switch s {
 		case "modbus-10k-1s":
-			for _, m := range b.opts.Modes {
+			for _, m := range b.modes(s) {
 				add(b.modbus(pollSpec{name: s, mode: m, devices: 20, tags: n, interval: time.Second}))
 			}
 		case "modbus-1k-100ms":
-			for _, m := range b.opts.Modes {
+			for _, m := range b.modes(s) {
 				add(b.modbus(pollSpec{name: s, mode: m, devices: 10, tags: n / 10, interval: 100 * time.Millisecond}))
 			}
 		case "opcua-10k-1hz":
-			for _, m := range b.opts.Modes {
+			for _, m := range b.modes(s) {
 				add(b.opcua(s, m, n))
 			}
 		case "latency":
-			for _, m := range b.opts.Modes {
+			for _, m := range b.modes(s) {
 				add(b.modbus(pollSpec{name: s, mode: m, devices: 10, tags: n / 10, interval: time.Second}))
 			}
 		case "outage-drain":
@@ -264,7 +286,7 @@ func (b *bench) modbus(sp pollSpec) (r result) {
 	cycles := m.Seconds() / sp.interval.Seconds()
 	r.ReqPerCycle = float64(requests()-req0) / cycles
 	r.ExpectedPerS = float64(sp.tags) / sp.interval.Seconds()
-	finish(fp, sub, &r)
+	b.finish(fp, sub, &r)
 	return r
 }
 
@@ -308,9 +330,9 @@ func measureWindow(b *bench, fp *ferryProc, sub *subscriber, d time.Duration, r 
 
 // finish stops ferry (it publishes its backlog), waits for the subscriber
 // to go quiet and counts lost and repeated messages over the whole run.
-func finish(fp *ferryProc, sub *subscriber, r *result) {
+func (b *bench) finish(fp *ferryProc, sub *subscriber, r *result) {
 	fp.stop()
-	sub.quiesce(time.Second, 15*time.Second)
+	sub.quiesce(b.quiet(), 15*time.Second)
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
 	r.Messages = sub.seqs.distinct
@@ -436,7 +458,7 @@ func (b *bench) opcua(name, mode string, n int) (r result) {
 	r.ExpectedPerS = float64(n)
 	cancel()
 	wg.Wait()
-	finish(fp, sub, &r)
+	b.finish(fp, sub, &r)
 	return r
 }
 
@@ -508,7 +530,7 @@ func (b *bench) outage(name, mode string, devices, tags int, interval time.Durat
 	defer prof()
 	timeout := max(120*time.Second, 4*b.opts.Outage)
 	drained := sub.waitFor(timeout, func(s *subscriber) bool { return s.liveAfter })
-	u.sleepSampling(2*time.Second, fp) // live data after the drain
+	u.sleepSampling(b.pick(2*time.Second, time.Second), fp) // live data after the drain
 	cpu, wall, mem, err := u.end()
 	if err != nil {
 		r.Error = err.Error()
@@ -519,7 +541,7 @@ func (b *bench) outage(name, mode string, devices, tags int, interval time.Durat
 	r.RSSMiB, r.MaxRSSMiB, r.PeakRSSMiB = float64(mem.RSSKiB)/1024, float64(u.maxKB)/1024, float64(mem.PeakKiB)/1024
 	r.AnonMiB, r.FileMiB = float64(mem.AnonKiB)/1024, float64(mem.FileKiB)/1024
 	r.ExpectedPerS = float64(tags) / interval.Seconds()
-	finish(fp, sub, &r)
+	b.finish(fp, sub, &r)
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
 	r.BacklogMsgs = sub.replayMsgs

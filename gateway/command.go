@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -71,8 +72,9 @@ type cmdTag struct {
 }
 
 // readOnlyTag stands for every configured tag without writable = true: a
-// command to it is answered not_writable. Shared, so a gateway with
-// thousands of read-only tags keeps no per-tag command state.
+// command to it is answered not_writable. Read-only tags are only kept as
+// names (commandRouter.readOnly), so a gateway with thousands of them
+// keeps no per-tag command state.
 var readOnlyTag = &cmdTag{}
 
 // cmdDevice serializes the commands of one device.
@@ -149,7 +151,8 @@ type commandRouter struct {
 	maxAge       time.Duration
 	writeTimeout time.Duration
 	devices      map[string]*cmdDevice
-	tags         map[string]map[string]*cmdTag
+	tags         map[string]map[string]*cmdTag // device -> writable tags
+	readOnly     map[string][]string           // device -> its other tags, sorted (names shared with the config)
 	mq           commandTransport
 	log          *slog.Logger
 	now          func() time.Time
@@ -182,6 +185,7 @@ func newCommandRouter(cfg *config.Config, mq commandTransport, writers map[strin
 		writeTimeout: defaultWriteTimeout,
 		devices:      map[string]*cmdDevice{},
 		tags:         map[string]map[string]*cmdTag{},
+		readOnly:     map[string][]string{},
 		mq:           mq,
 		log:          logger.With("component", "commands"),
 		now:          time.Now,
@@ -198,7 +202,7 @@ func newCommandRouter(cfg *config.Config, mq commandTransport, writers map[strin
 			r.tags[dev] = map[string]*cmdTag{}
 		}
 		if !writable {
-			r.tags[dev][name] = readOnlyTag // known, never written: no state
+			r.readOnly[dev] = append(r.readOnly[dev], name) // known, never written: no state
 			return
 		}
 		r.tags[dev][name] = &cmdTag{device: dev, name: name, writable: true, min: lo, max: hi, verify: verify, minInterval: iv, dev: d}
@@ -212,6 +216,10 @@ func newCommandRouter(cfg *config.Config, mq commandTransport, writers map[strin
 		for _, t := range d.Tags {
 			add(d.Name, t.Name, t.Writable, t.Min, t.Max, t.Verify, t.MinWriteInterval)
 		}
+	}
+	for dev, names := range r.readOnly {
+		slices.Sort(names)
+		r.readOnly[dev] = slices.Clip(names)
 	}
 	return r
 }
@@ -394,8 +402,12 @@ func fail(code, format string, args ...any) commandResult {
 // validate runs every check that needs no device I/O, in the order of the
 // contract: the tag, the payload, expiry, the value against the tag.
 func (r *commandRouter) validate(c *command) (commandResult, bool) {
-	tags := r.tags[c.device]
-	t := tags[c.tag]
+	t := r.tags[c.device][c.tag]
+	if t == nil {
+		if _, ok := slices.BinarySearch(r.readOnly[c.device], c.tag); ok {
+			t = readOnlyTag
+		}
+	}
 	if t == nil {
 		return fail(CodeUnknownTag, "no tag %q on device %q", c.tag, c.device), false
 	}

@@ -50,7 +50,7 @@ type TagRef struct {
 type class struct {
 	interval time.Duration
 	names    []string    // tags of the class in config order: the slots of a cycle's readings
-	rbe      []rbeConfig // per slot
+	rbe      []rbeConfig // per slot; nil when no tag of the class reports by exception
 	reqs     []*request
 }
 
@@ -146,6 +146,15 @@ func Compile(dev config.ModbusDevice) (*Plan, error) {
 		c.rbe = append(c.rbe, rbeConfig{onChange: t.OnChange, deadband: t.Deadband, heartbeat: t.Heartbeat})
 	}
 	slices.SortStableFunc(p.classes, func(a, b *class) int { return cmp.Compare(a.interval, b.interval) })
+	for _, c := range p.classes {
+		// A plan lives as long as its device: no spare capacity, and no
+		// per-tag settings when every tag is published every cycle.
+		c.names = slices.Clip(c.names)
+		if !slices.ContainsFunc(c.rbe, func(r rbeConfig) bool { return r.onChange }) {
+			c.rbe = nil
+		}
+		c.rbe = slices.Clip(c.rbe)
+	}
 
 	for _, c := range p.classes {
 		for _, table := range []string{config.TableCoil, config.TableDiscrete, config.TableHolding, config.TableInput} {
@@ -171,6 +180,7 @@ func Compile(dev config.ModbusDevice) (*Plan, error) {
 					bt.offset = s.start - g.start
 					r.tags = append(r.tags, bt)
 				}
+				r.tags = slices.Clip(r.tags)
 				c.reqs = append(c.reqs, r)
 			}
 		}

@@ -82,7 +82,8 @@ type Poller struct {
 	maxBackoff time.Duration
 	reqErr     map[reqKey]string       // last error of each request, to log changes only
 	splits     map[*request]*split     // requests split after an exception, remembered
-	last       [][]tagMemory           // per class, per slot
+	last       [][]tagMemory           // per class, per slot: report by exception (nil for a class without)
+	good       [][]lastGood            // per class, per slot
 	now        func() time.Time        // for tests of report by exception
 	pub        [][]adapters.Reading    // per class: the readings delivered by Run
 	onSplit    func(r *request, n int) // test hook
@@ -112,10 +113,13 @@ type tagMemory struct {
 	quality   adapters.Quality
 	err       string
 	at        time.Time // when last delivered
+}
 
-	good     adapters.Value // last good value, for Uncertain readings
-	goodTime time.Time
-	hasGood  bool
+// lastGood is a tag's last Good value, for the Uncertain readings of a
+// transient exception. Kept for every tag, so it is small: 40 bytes.
+type lastGood struct {
+	value adapters.Value
+	at    int64 // Unix ns of its sample; 0: none yet
 }
 
 // NewPoller compiles dev's plan and registers it on the shared link of its
@@ -139,8 +143,15 @@ func NewPoller(dev config.ModbusDevice, sink adapters.Sink, logger *slog.Logger)
 		kick: make(chan struct{}, 1),
 	}
 	for _, c := range plan.classes {
-		p.last = append(p.last, make([]tagMemory, len(c.names)))
-		p.pub = append(p.pub, make([]adapters.Reading, 0, len(c.names)))
+		var mem []tagMemory
+		var pub []adapters.Reading
+		if c.rbe != nil {
+			mem = make([]tagMemory, len(c.names))
+			pub = make([]adapters.Reading, 0, len(c.names))
+		}
+		p.last = append(p.last, mem)
+		p.pub = append(p.pub, pub)
+		p.good = append(p.good, make([]lastGood, len(c.names)))
 	}
 	l, err := acquireLink(dev, p, logger)
 	if err != nil {
@@ -554,7 +565,7 @@ func subRequest(r *request, tags []boundTag) *request {
 
 // decode decodes the tags of r into out.
 func (p *Poller) decode(ci int, r *request, words []uint16, bits []bool, out []adapters.Reading, now time.Time) {
-	mem := p.last[ci]
+	mem := p.good[ci]
 	for _, t := range r.tags {
 		var v adapters.Value
 		var q adapters.Quality
@@ -565,8 +576,7 @@ func (p *Poller) decode(ci int, r *request, words []uint16, bits []bool, out []a
 		}
 		out[t.slot] = adapters.Reading{Device: p.dev.Name, Tag: t.name, Value: v, Quality: q, Time: now}
 		if q == adapters.Good {
-			m := &mem[t.slot]
-			m.good, m.goodTime, m.hasGood = v, now, true
+			mem[t.slot] = lastGood{value: v, at: now.UnixNano()}
 		}
 	}
 }
@@ -580,14 +590,14 @@ func (p *Poller) markException(ci int, r *request, out []adapters.Reading, err e
 		p.markBad(ci, []*request{r}, out, err, now)
 		return
 	}
-	mem := p.last[ci]
+	mem := p.good[ci]
 	for _, t := range r.tags {
 		m := mem[t.slot]
-		if !m.hasGood {
+		if m.at == 0 {
 			out[t.slot] = adapters.Reading{Device: p.dev.Name, Tag: t.name, Quality: adapters.Bad, Time: now, Err: err.Error()}
 			continue
 		}
-		out[t.slot] = adapters.Reading{Device: p.dev.Name, Tag: t.name, Value: m.good, Quality: adapters.Uncertain, Time: m.goodTime, Err: err.Error()}
+		out[t.slot] = adapters.Reading{Device: p.dev.Name, Tag: t.name, Value: m.value, Quality: adapters.Uncertain, Time: time.Unix(0, m.at), Err: err.Error()}
 	}
 }
 
@@ -612,6 +622,9 @@ func (p *Poller) filter(ci int, rs []adapters.Reading) []adapters.Reading {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c := p.plan.classes[ci]
+	if c.rbe == nil {
+		return rs // every tag of the class is published every cycle
+	}
 	mem := p.last[ci]
 	pub := p.pub[ci][:0]
 	now := p.now()

@@ -60,15 +60,16 @@ type sessionStore struct {
 	logger    *slog.Logger
 	err       error // first write error (logged once)
 
-	live    map[uint16]*storedPacket
-	free    [][]byte        // data of deleted packets, for the next Puts
-	order   uint64          // Put counter, for List
-	expect  map[any]uint64  // packet (pointer) -> seq, set just before paho's Put
-	failing map[uint16]bool // ids whose next Delete is a failure (no done mark)
-	marks   []markBucket    // done seqs, oldest bucket first
-	loaded  map[uint64]bool // done seqs read at open (for the publisher's start)
-	session bool            // a connection with this client id was established once
-	now     func() time.Time
+	live      map[uint16]*storedPacket
+	free      [][]byte        // data of deleted packets, for the next Puts
+	freeBytes int             // their capacity
+	order     uint64          // Put counter, for List
+	expect    map[any]uint64  // packet (pointer) -> seq, set just before paho's Put
+	failing   map[uint16]bool // ids whose next Delete is a failure (no done mark)
+	marks     []markBucket    // done seqs, oldest bucket first
+	loaded    map[uint64]bool // done seqs read at open (for the publisher's start)
+	session   bool            // a connection with this client id was established once
+	now       func() time.Time
 }
 
 type storedPacket struct {
@@ -402,8 +403,13 @@ func (s *sessionStore) Get(id uint16) (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(bytes.Clone(p.data))), nil
 }
 
-// maxFree bounds the buffers kept for reuse: about a window of packets.
-const maxFree = 64
+// maxFree and maxFreeBytes bound the buffers kept for reuse: about a
+// window of backlog messages, without holding a window of 35 kB device
+// messages (20 a second need no recycling).
+const (
+	maxFree      = 64
+	maxFreeBytes = 512 << 10
+)
 
 // reuse returns an empty buffer for a packet of n bytes: one of a deleted
 // packet when it is large enough. A backlog drain of 7 kB messages
@@ -414,6 +420,7 @@ func (s *sessionStore) reuse(n int) []byte {
 			last := len(s.free) - 1
 			s.free[i], s.free[last] = s.free[last], nil
 			s.free = s.free[:last]
+			s.freeBytes -= cap(b)
 			return b[:0]
 		}
 	}
@@ -422,8 +429,9 @@ func (s *sessionStore) reuse(n int) []byte {
 
 // release keeps b (the data of a deleted packet) for reuse.
 func (s *sessionStore) release(b []byte) {
-	if len(s.free) < maxFree && cap(b) <= 1<<20 {
+	if len(s.free) < maxFree && s.freeBytes+cap(b) <= maxFreeBytes {
 		s.free = append(s.free, b)
+		s.freeBytes += cap(b)
 	}
 }
 

@@ -40,14 +40,14 @@ func (b *bench) baseline(spec baselineSpec) (r result) {
 		r.Error = err.Error()
 		return r
 	}
-	defer br.close()
-	sub, err := startSubscriber(br.addr(), "base/#", byte(b.opts.QoS))
+	defer br.Close()
+	sub, err := startSubscriber(br.Addr(), "base/#", byte(b.opts.QoS))
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
 	defer sub.close()
-	conn, err := net.Dial("tcp", br.addr())
+	conn, err := net.Dial("tcp", br.Addr())
 	if err != nil {
 		r.Error = err.Error()
 		return r

@@ -6,7 +6,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -326,15 +328,59 @@ func TestGeneratedConfigLoads(t *testing.T) {
 	}
 }
 
-func TestMosquittoConf(t *testing.T) {
-	c := mosquittoConf(12345, "/tmp/x", true, true)
-	for _, want := range []string{"listener 12345 127.0.0.1\n", "allow_anonymous true\n", "max_queued_messages 0\n", "user root\n", "persistence true\n", "persistence_location /tmp/x/\n"} {
-		if !strings.Contains(c, want) {
-			t.Errorf("conf lacks %q:\n%s", want, c)
+// TestBroker checks the broker the scenarios get: its config, and that
+// the outage scenario's stop (SIGTERM) and relaunch keep the port and save
+// the database.
+func TestBroker(t *testing.T) {
+	for _, persistence := range []bool{false, true} {
+		dir := filepath.Join(t.TempDir(), "broker")
+		br, err := startBroker(dir, persistence)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if c := mosquittoConf(1, "/d", false, false); strings.Contains(c, "user root") || !strings.Contains(c, "persistence false") {
-		t.Errorf("conf:\n%s", c)
+		defer br.Close()
+		data, err := os.ReadFile(filepath.Join(dir, "mosquitto.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := string(data)
+		want := []string{"listener " + strconv.Itoa(br.Port()) + " 127.0.0.1\n", "allow_anonymous true\n", "max_queued_messages 0\n",
+			"log_dest stderr\n", "log_type error\nlog_type warning\n"}
+		if persistence {
+			want = append(want, "persistence true\n", "persistence_location "+dir+"/\n", "autosave_interval 0\n")
+		} else {
+			want = append(want, "persistence false\n")
+		}
+		if os.Geteuid() == 0 {
+			want = append(want, "user root\n")
+		}
+		for _, w := range want {
+			if !strings.Contains(c, w) {
+				t.Errorf("conf lacks %q:\n%s", w, c)
+			}
+		}
+		if strings.Contains(c, "log_type all") || br.Port() == 1883 {
+			t.Errorf("conf:\n%s", c)
+		}
+		if !persistence {
+			continue
+		}
+		addr := br.Addr()
+		if err := br.StopWith(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "mosquitto.db")); err != nil {
+			t.Errorf("no database after SIGTERM: %v", err)
+		}
+		if err := br.Relaunch(); err != nil {
+			t.Fatal(err)
+		}
+		if br.Addr() != addr {
+			t.Errorf("relaunched on %s, was %s", br.Addr(), addr)
+		}
+		if err := br.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

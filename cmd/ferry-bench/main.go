@@ -23,6 +23,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/ferry-gateway/ferry/internal/mosquittotest"
 )
 
 type options struct {
@@ -170,7 +172,7 @@ func describeMachine() machine {
 	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = "Linux " + strings.TrimSpace(string(data))
 	}
-	if bin, err := mosquittoBin(); err == nil {
+	if bin, err := mosquittotest.Binary(); err == nil {
 		out, _ := exec.Command(bin, "-h").CombinedOutput()
 		m.Mosquitto = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	}

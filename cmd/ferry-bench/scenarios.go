@@ -241,7 +241,7 @@ func (b *bench) modbus(sp pollSpec) (r result) {
 		r.Error = err.Error()
 		return r
 	}
-	defer br.close()
+	defer br.Close()
 	sims, cfgDevices, err := startModbusSims(sp.devices, sp.tags, sp.interval)
 	if err != nil {
 		r.Error = err.Error()
@@ -252,13 +252,13 @@ func (b *bench) modbus(sp pollSpec) (r result) {
 			s.Close()
 		}
 	}()
-	sub, err := startSubscriber(br.addr(), "bench/#", byte(b.opts.QoS))
+	sub, err := startSubscriber(br.Addr(), "bench/#", byte(b.opts.QoS))
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
 	defer sub.close()
-	cfg := configHeader(filepath.Join(dir, "state"), mqttSettings{URL: br.url(), QoS: b.opts.QoS, Publish: sp.mode}) + cfgDevices
+	cfg := configHeader(filepath.Join(dir, "state"), mqttSettings{URL: br.URL(), QoS: b.opts.QoS, Publish: sp.mode}) + cfgDevices
 	fp, err := startFerry(b.opts.ferry, dir, cfg)
 	if err != nil {
 		r.Error = err.Error()
@@ -387,7 +387,7 @@ func (b *bench) opcua(name, mode string, n int) (r result) {
 		r.Error = err.Error()
 		return r
 	}
-	defer br.close()
+	defer br.Close()
 	sim := opcuatest.New()
 	names := make([]string, n)
 	nodes := make([]string, n)
@@ -401,7 +401,7 @@ func (b *bench) opcua(name, mode string, n int) (r result) {
 		return r
 	}
 	defer sim.Close()
-	sub, err := startSubscriber(br.addr(), "bench/#", byte(b.opts.QoS))
+	sub, err := startSubscriber(br.Addr(), "bench/#", byte(b.opts.QoS))
 	if err != nil {
 		r.Error = err.Error()
 		return r
@@ -431,7 +431,7 @@ func (b *bench) opcua(name, mode string, n int) (r result) {
 	}()
 	defer func() { cancel(); wg.Wait() }()
 
-	cfg := configHeader(filepath.Join(dir, "state"), mqttSettings{URL: br.url(), QoS: b.opts.QoS, Publish: mode}) +
+	cfg := configHeader(filepath.Join(dir, "state"), mqttSettings{URL: br.URL(), QoS: b.opts.QoS, Publish: mode}) +
 		opcuaDeviceConfig("cnc", sim.URL(), time.Second, names, nodes)
 	fp, err := startFerry(b.opts.ferry, dir, cfg)
 	if err != nil {
@@ -474,7 +474,7 @@ func (b *bench) outage(name, mode string, devices, tags int, interval time.Durat
 		r.Error = err.Error()
 		return r
 	}
-	defer br.close()
+	defer br.Close()
 	sims, cfgDevices, err := startModbusSims(devices, tags, interval)
 	if err != nil {
 		r.Error = err.Error()
@@ -485,7 +485,7 @@ func (b *bench) outage(name, mode string, devices, tags int, interval time.Durat
 			s.Close()
 		}
 	}()
-	sub, err := startSubscriber(br.addr(), "bench/#", byte(b.opts.QoS))
+	sub, err := startSubscriber(br.Addr(), "bench/#", byte(b.opts.QoS))
 	if err != nil {
 		r.Error = err.Error()
 		return r
@@ -493,7 +493,7 @@ func (b *bench) outage(name, mode string, devices, tags int, interval time.Durat
 	defer sub.close()
 	// reconnect_max 1s: ferry's default backoff (up to 30 s) would make
 	// the reconnect, not the drain, dominate; the reconnect is reported apart.
-	cfg := configHeader(filepath.Join(dir, "state"), mqttSettings{URL: br.url(), QoS: b.opts.QoS, Publish: mode, ReconnectMax: "1s"}) + cfgDevices
+	cfg := configHeader(filepath.Join(dir, "state"), mqttSettings{URL: br.URL(), QoS: b.opts.QoS, Publish: mode, ReconnectMax: "1s"}) + cfgDevices
 	fp, err := startFerry(b.opts.ferry, dir, cfg)
 	if err != nil {
 		r.Error = err.Error()
@@ -514,7 +514,10 @@ func (b *bench) outage(name, mode string, devices, tags int, interval time.Durat
 	sub.mu.Lock()
 	sub.sampledIn = [2]time.Time{stopAt, stopAt.Add(b.opts.Outage)}
 	sub.mu.Unlock()
-	br.stop(syscall.SIGTERM)
+	if err := br.StopWith(syscall.SIGTERM); err != nil {
+		r.Error = "broker stop: " + err.Error()
+		return r
+	}
 	u.sleepSampling(b.opts.Outage, fp)
 	restartAt := time.Now()
 	r.OutageS = restartAt.Sub(stopAt).Seconds()
@@ -523,7 +526,7 @@ func (b *bench) outage(name, mode string, devices, tags int, interval time.Durat
 	sub.afterMark, sub.markAt = true, restartAt
 	sub.mu.Unlock()
 	prof := profileCPU(dir, "drain", 3*time.Second)
-	if err := br.start(); err != nil {
+	if err := br.Relaunch(); err != nil {
 		r.Error = "broker restart: " + err.Error()
 		return r
 	}

@@ -1,5 +1,11 @@
-// Package mosquittotest runs a real mosquitto broker on loopback for tests,
-// and provides a small paho-based subscriber that records what it receives.
+// Package mosquittotest runs a real mosquitto broker on loopback for tests
+// and tools, and provides a small paho-based subscriber that records what it
+// receives.
+//
+// Start runs a broker for a test: in t.TempDir(), failing the test on error
+// and killing the broker when the test ends. Launch is the same broker
+// without a testing.TB, for tools such as cmd/ferry-bench: it returns
+// errors, the caller owns the directory and calls Close.
 //
 // The broker is /usr/sbin/mosquitto (or mosquitto on PATH); a test that needs
 // it fails, rather than skips, when it is missing: CI installs it.
@@ -7,6 +13,7 @@ package mosquittotest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -20,11 +27,12 @@ import (
 	"time"
 )
 
-// StartTimeout bounds how long Start and Restart wait for the port to
-// accept connections.
+// StartTimeout bounds how long Launch, Start, Relaunch and Restart wait for
+// the port to accept connections, and how long a stop waits for mosquitto to
+// exit before killing it.
 const StartTimeout = 15 * time.Second
 
-// Option configures Start.
+// Option configures Start and Launch.
 type Option func(*options)
 
 type options struct {
@@ -33,6 +41,7 @@ type options struct {
 	extra       []string
 	tls         *TLSFiles
 	user, pass  string
+	logTypes    []string // nil: all
 }
 
 // TLSFiles are the PEM files of a TLS listener.
@@ -53,8 +62,10 @@ func WithPassword(user, pass string) Option {
 	return func(o *options) { o.user, o.pass = user, pass }
 }
 
-// WithPersistence turns persistence on (in the test's temp dir), so sessions
-// and queued messages survive Stop/Restart.
+// WithPersistence turns persistence on (in the broker's directory:
+// t.TempDir() for Start, dir for Launch) with autosave_interval 0, so the
+// database is written when the broker stops with SIGTERM and sessions and
+// queued messages survive Stop/Restart.
 func WithPersistence() Option { return func(o *options) { o.persistence = true } }
 
 // WithACL writes acl as the broker's acl_file. Lines before any "user" line
@@ -72,38 +83,126 @@ func WithConfig(lines ...string) Option {
 	return func(o *options) { o.extra = append(o.extra, lines...) }
 }
 
+// WithLogTypes logs only these mosquitto log types ("error", "warning",
+// "notice", "information", "debug", ...) instead of the default "all".
+// Logging all types logs every PUBLISH, which slows a busy broker down.
+func WithLogTypes(types ...string) Option {
+	return func(o *options) { o.logTypes = append([]string(nil), types...) }
+}
+
 // Broker is a running (or stopped) mosquitto process.
 type Broker struct {
-	t       testing.TB
+	t       testing.TB // nil for Launch
 	bin     string
 	conf    string
 	port    int
 	tlsPort int
+	logs    *syncBuffer
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
-	logs *syncBuffer
+	mu     sync.Mutex
+	run    *process // nil when stopped
+	closed bool
 }
 
-// Start writes a config into t.TempDir(), picks a free loopback port and
-// starts mosquitto on it. The broker is killed when the test ends; its log is
+// process is one run of mosquitto.
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+	err  error         // cmd.Wait's result, set before done is closed
+}
+
+// Binary returns the mosquitto executable: mosquitto on PATH, else
+// /usr/sbin/mosquitto (not on a normal user's PATH on Debian).
+func Binary() (string, error) {
+	if bin, err := exec.LookPath("mosquitto"); err == nil {
+		return bin, nil
+	}
+	const sbin = "/usr/sbin/mosquitto"
+	if _, err := os.Stat(sbin); err != nil {
+		return "", fmt.Errorf("mosquittotest: mosquitto not found on PATH nor at %s (apt-get install -y mosquitto): %w", sbin, err)
+	}
+	return sbin, nil
+}
+
+// Start launches a broker in t.TempDir() (see Launch) and fails the test if
+// it does not come up. The broker is killed when the test ends; its log is
 // written to t.Log if the test failed.
 func Start(t testing.TB, opts ...Option) *Broker {
 	t.Helper()
+	b, err := Launch(t.TempDir(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.t = t
+	t.Cleanup(func() {
+		_ = b.StopWith(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("mosquitto log (port %d):\n%s", b.port, b.logs.String())
+		}
+	})
+	return b
+}
+
+// Launch writes mosquitto.conf (and the acl and password files, and with
+// persistence mosquitto.db) into dir, which it creates if needed and the
+// caller owns, picks a free loopback port (and one for WithTLS) and starts
+// mosquitto on it, anonymous and with unlimited queues
+// (max_queued_messages 0). It returns once the port accepts connections;
+// on failure the error names the address and includes mosquitto's log.
+// The caller stops the broker with Close.
+func Launch(dir string, opts ...Option) (*Broker, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
-	bin, err := exec.LookPath("mosquitto")
+	if o.user != "" && o.tls == nil {
+		return nil, errors.New("mosquittotest: WithPassword needs WithTLS")
+	}
+	bin, err := Binary()
 	if err != nil {
-		bin = "/usr/sbin/mosquitto"
-		if _, err := os.Stat(bin); err != nil {
-			t.Fatalf("mosquitto not found: install mosquitto (apt-get install -y mosquitto)")
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("mosquittotest: %w", err)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	tlsPort := 0
+	if o.tls != nil {
+		if tlsPort, err = freePort(); err != nil {
+			return nil, err
 		}
 	}
-	dir := t.TempDir()
-	port := freePort(t)
+	if o.acl != "" {
+		if err := os.WriteFile(filepath.Join(dir, "acl"), []byte(o.acl), 0o600); err != nil {
+			return nil, fmt.Errorf("mosquittotest: %w", err)
+		}
+	}
+	if o.user != "" {
+		pwPath := filepath.Join(dir, "passwd")
+		if err := os.WriteFile(pwPath, nil, 0o600); err != nil {
+			return nil, fmt.Errorf("mosquittotest: %w", err)
+		}
+		if out, err := exec.Command("mosquitto_passwd", "-b", pwPath, o.user, o.pass).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("mosquittotest: mosquitto_passwd: %w: %s", err, out)
+		}
+	}
+	confPath := filepath.Join(dir, "mosquitto.conf")
+	conf := o.render(dir, port, tlsPort, os.Geteuid() == 0)
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		return nil, fmt.Errorf("mosquittotest: %w", err)
+	}
+	b := &Broker{bin: bin, conf: confPath, port: port, tlsPort: tlsPort, logs: &syncBuffer{}}
+	if err := b.start(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// render returns mosquitto.conf; the acl and password files are in dir.
+func (o *options) render(dir string, port, tlsPort int, root bool) string {
 	var conf strings.Builder
 	if o.tls != nil {
 		conf.WriteString("per_listener_settings true\n")
@@ -111,12 +210,17 @@ func Start(t testing.TB, opts ...Option) *Broker {
 	fmt.Fprintf(&conf, "listener %d 127.0.0.1\n", port)
 	conf.WriteString("allow_anonymous true\n")
 	conf.WriteString("log_dest stderr\n")
-	conf.WriteString("log_type all\n")
+	if o.logTypes == nil {
+		conf.WriteString("log_type all\n")
+	}
+	for _, lt := range o.logTypes {
+		fmt.Fprintf(&conf, "log_type %s\n", lt)
+	}
 	conf.WriteString("connection_messages true\n")
 	conf.WriteString("max_queued_messages 0\n") // unlimited: outage tests queue a lot for offline subscribers
-	if os.Geteuid() == 0 {
+	if root {
 		// As root, mosquitto would switch to the mosquitto user, which
-		// cannot read t.TempDir().
+		// cannot read the broker's directory (t.TempDir()).
 		conf.WriteString("user root\n")
 	}
 	if o.persistence {
@@ -127,31 +231,15 @@ func Start(t testing.TB, opts ...Option) *Broker {
 		conf.WriteString("persistence false\n")
 	}
 	if o.acl != "" {
-		aclPath := filepath.Join(dir, "acl")
-		if err := os.WriteFile(aclPath, []byte(o.acl), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&conf, "acl_file %s\n", aclPath)
-	}
-	tlsPort := 0
-	if o.user != "" && o.tls == nil {
-		t.Fatal("mosquittotest: WithPassword needs WithTLS")
+		fmt.Fprintf(&conf, "acl_file %s\n", filepath.Join(dir, "acl"))
 	}
 	if o.tls != nil {
-		tlsPort = freePort(t)
 		fmt.Fprintf(&conf, "listener %d 127.0.0.1\n", tlsPort)
 		fmt.Fprintf(&conf, "cafile %s\ncertfile %s\nkeyfile %s\n", o.tls.CAFile, o.tls.CertFile, o.tls.KeyFile)
 		fmt.Fprintf(&conf, "require_certificate %v\n", o.tls.RequireClientCert)
 		if o.user != "" {
-			pwPath := filepath.Join(dir, "passwd")
-			if err := os.WriteFile(pwPath, nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if out, err := exec.Command("mosquitto_passwd", "-b", pwPath, o.user, o.pass).CombinedOutput(); err != nil {
-				t.Fatalf("mosquitto_passwd: %v: %s", err, out)
-			}
 			conf.WriteString("allow_anonymous false\n")
-			fmt.Fprintf(&conf, "password_file %s\n", pwPath)
+			fmt.Fprintf(&conf, "password_file %s\n", filepath.Join(dir, "passwd"))
 		} else {
 			conf.WriteString("allow_anonymous true\n")
 		}
@@ -159,19 +247,7 @@ func Start(t testing.TB, opts ...Option) *Broker {
 	for _, l := range o.extra {
 		conf.WriteString(l + "\n")
 	}
-	confPath := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(confPath, []byte(conf.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b := &Broker{t: t, bin: bin, conf: confPath, port: port, tlsPort: tlsPort, logs: &syncBuffer{}}
-	t.Cleanup(func() {
-		b.kill()
-		if t.Failed() {
-			t.Logf("mosquitto log (port %d):\n%s", b.port, b.logs.String())
-		}
-	})
-	b.start()
-	return b
+	return conf.String()
 }
 
 // URL returns "mqtt://127.0.0.1:PORT".
@@ -189,7 +265,8 @@ func (b *Broker) TLSAddr() string { return net.JoinHostPort("127.0.0.1", strconv
 // TLSPort returns the TLS listener's port (0 without WithTLS).
 func (b *Broker) TLSPort() int { return b.tlsPort }
 
-// Port returns the listener port; it stays the same across Restart.
+// Port returns the listener port; it stays the same across Restart and
+// Relaunch.
 func (b *Broker) Port() int { return b.port }
 
 // Logs returns what mosquitto has logged so far (all runs).
@@ -198,60 +275,103 @@ func (b *Broker) Logs() string { return b.logs.String() }
 // Stop terminates the broker gracefully (SIGTERM: with persistence, the
 // database is saved) and waits for it to exit. Stopping a stopped broker is
 // a no-op.
-func (b *Broker) Stop() {
-	b.t.Helper()
-	b.signal(syscall.SIGTERM)
-}
+func (b *Broker) Stop() { _ = b.StopWith(syscall.SIGTERM) }
 
 // Kill stops the broker with SIGKILL (nothing is saved) and waits.
-func (b *Broker) Kill() {
-	b.t.Helper()
-	b.kill()
-}
+func (b *Broker) Kill() { _ = b.StopWith(syscall.SIGKILL) }
 
 // Restart starts the broker again on the same port, stopping it first if it
-// is running.
+// is running, and fails the test if it does not come up. It is Relaunch for
+// a broker from Start; on a broker from Launch it panics on failure.
 func (b *Broker) Restart() {
-	b.t.Helper()
-	b.Stop()
-	b.start()
+	if b.t != nil {
+		b.t.Helper()
+	}
+	if err := b.Relaunch(); err != nil {
+		if b.t == nil {
+			panic(err)
+		}
+		b.t.Fatal(err)
+	}
 }
 
-func (b *Broker) kill() { b.signal(syscall.SIGKILL) }
-
-func (b *Broker) signal(sig syscall.Signal) {
+// StopWith sends sig to the broker and waits for it to exit: with SIGTERM
+// mosquitto saves its persistence database, with SIGKILL nothing is saved.
+// A broker still running StartTimeout after sig is killed, and StopWith
+// says so. Stopping a stopped broker does nothing and returns nil.
+func (b *Broker) StopWith(sig os.Signal) error {
 	b.mu.Lock()
-	cmd, done := b.cmd, b.done
-	b.cmd = nil
+	p := b.run
+	b.run = nil
 	b.mu.Unlock()
-	if cmd == nil {
-		return
+	if p == nil {
+		return nil
 	}
-	_ = cmd.Process.Signal(sig)
+	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("mosquittotest: signal mosquitto on %s: %w", b.Addr(), err)
+	}
 	select {
-	case <-done:
+	case <-p.done:
+		return nil
 	case <-time.After(StartTimeout):
-		_ = cmd.Process.Kill()
-		<-done
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("mosquittotest: mosquitto on %s still running %v after %v; killed", b.Addr(), StartTimeout, sig)
 	}
 }
 
-func (b *Broker) start() {
-	b.t.Helper()
+// Relaunch starts the broker again on the same port with the same config
+// (so, with persistence, the same database), stopping it with SIGTERM
+// first if it is running, and waits until the port accepts connections.
+// It fails after Close.
+func (b *Broker) Relaunch() error {
+	if err := b.StopWith(syscall.SIGTERM); err != nil {
+		return err
+	}
+	return b.start()
+}
+
+// Close stops the broker with SIGTERM and waits for it to exit; Relaunch
+// fails afterwards. It leaves the directory given to Launch in place.
+// Closing a closed broker returns nil.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	return b.StopWith(syscall.SIGTERM)
+}
+
+var errClosed = errors.New("mosquittotest: broker is closed")
+
+func (b *Broker) start() error {
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return errClosed
+	}
 	fmt.Fprintf(b.logs, "--- starting mosquitto -c %s\n", b.conf)
 	cmd := exec.Command(b.bin, "-c", b.conf)
 	cmd.Stdout = b.logs
 	cmd.Stderr = b.logs
 	if err := cmd.Start(); err != nil {
-		b.t.Fatalf("start mosquitto: %v", err)
+		return fmt.Errorf("mosquittotest: start mosquitto for %s: %w", b.Addr(), err)
 	}
-	done := make(chan struct{})
+	p := &process{cmd: cmd, done: make(chan struct{})}
 	go func() {
-		_ = cmd.Wait()
-		close(done)
+		p.err = cmd.Wait()
+		close(p.done)
 	}()
 	b.mu.Lock()
-	b.cmd, b.done = cmd, done
+	if b.closed { // Close ran meanwhile
+		b.mu.Unlock()
+		_ = cmd.Process.Kill()
+		<-p.done
+		return errClosed
+	}
+	b.run = p
 	b.mu.Unlock()
 
 	deadline := time.Now().Add(StartTimeout)
@@ -259,31 +379,36 @@ func (b *Broker) start() {
 		c, err := net.DialTimeout("tcp", b.Addr(), time.Second)
 		if err == nil {
 			_ = c.Close()
-			return
+			return nil
 		}
 		select {
-		case <-done:
+		case <-p.done:
 			b.mu.Lock()
-			b.cmd = nil
+			if b.run == p {
+				b.run = nil
+			}
 			b.mu.Unlock()
-			b.t.Fatalf("mosquitto exited at start (port %d): %v\n%s", b.port, cmd.ProcessState, b.logs.String())
+			why := p.err
+			if why == nil {
+				why = errors.New("exit status 0")
+			}
+			return fmt.Errorf("mosquittotest: mosquitto for %s exited at start: %w; log:\n%s", b.Addr(), why, b.logs.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			b.kill()
-			b.t.Fatalf("mosquitto did not accept connections on %s within %v:\n%s", b.Addr(), StartTimeout, b.logs.String())
+			_ = b.StopWith(syscall.SIGKILL)
+			return fmt.Errorf("mosquittotest: mosquitto did not accept connections on %s within %v; log:\n%s", b.Addr(), StartTimeout, b.logs.String())
 		}
 	}
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
+func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, fmt.Errorf("mosquittotest: free port: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 type syncBuffer struct {

@@ -2,7 +2,13 @@ package mosquittotest
 
 import (
 	"context"
+	"errors"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -84,4 +90,97 @@ func TestACLDenies(t *testing.T) {
 	}
 	t.Logf("denied publish: reason %#02x, err %v", pr.ReasonCode, err)
 	// mosquitto 2.0.11 closes the connection right after that PUBACK.
+}
+
+// TestLaunch drives the TB-free broker the way cmd/ferry-bench does: a
+// persistent broker logging only errors and warnings is stopped with
+// SIGTERM and launched again on the same port, and a retained message
+// survives the restart.
+func TestLaunch(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "broker") // Launch creates it
+	b, err := Launch(dir, WithPersistence(), WithLogTypes("error", "warning"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	conf, err := os.ReadFile(filepath.Join(dir, "mosquitto.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"log_type error\nlog_type warning\n", "max_queued_messages 0\n",
+		"persistence true\n", "persistence_location " + dir + "/\n", "autosave_interval 0\n"} {
+		if !strings.Contains(string(conf), want) {
+			t.Errorf("mosquitto.conf lacks %q:\n%s", want, conf)
+		}
+	}
+	if strings.Contains(string(conf), "log_type all") {
+		t.Errorf("mosquitto.conf logs all types:\n%s", conf)
+	}
+	if b.Port() == 1883 {
+		t.Fatal("broker on the default MQTT port")
+	}
+	publish(t, b, "keep/1", "kept", true)
+
+	if err := b.StopWith(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "mosquitto.db")); err != nil {
+		t.Fatalf("database not saved on SIGTERM: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", b.Addr(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("broker still accepting after StopWith")
+	}
+	if err := b.StopWith(syscall.SIGTERM); err != nil { // stopped: no-op
+		t.Fatal(err)
+	}
+	port := b.Port()
+	if err := b.Relaunch(); err != nil {
+		t.Fatal(err)
+	}
+	if b.Port() != port {
+		t.Fatalf("port %d after Relaunch, was %d", b.Port(), port)
+	}
+	sub := Subscribe(t, b.URL(), "keep/#", 1)
+	m, ok := sub.Next(10 * time.Second)
+	if !ok || string(m.Payload) != "kept" || !m.Retain {
+		t.Fatalf("retained message after relaunch: %+v, %v", m, ok)
+	}
+	sub.Close()
+	if logs := b.Logs(); strings.Contains(logs, "New client connected") {
+		t.Errorf("notices logged despite WithLogTypes:\n%s", logs)
+	}
+
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", b.Addr(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("broker still accepting after Close")
+	}
+	if err := b.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := b.Relaunch(); err == nil {
+		t.Fatal("Relaunch after Close succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "mosquitto.db")); err != nil {
+		t.Fatalf("Close removed the caller's dir: %v", err)
+	}
+}
+
+func TestLaunchErrors(t *testing.T) {
+	_, err := Launch(t.TempDir(), WithConfig("no_such_option 1"))
+	if err == nil {
+		t.Fatal("Launch with a bad config succeeded")
+	}
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || !strings.Contains(err.Error(), "no_such_option") || !strings.Contains(err.Error(), "127.0.0.1:") {
+		t.Fatalf("error does not wrap the exit, name the address and the bad line: %v", err)
+	}
+	t.Log(err)
+
+	if _, err := Launch(t.TempDir(), WithPassword("u", "p")); err == nil || !strings.Contains(err.Error(), "WithTLS") {
+		t.Fatalf("WithPassword without WithTLS: %v", err)
+	}
 }

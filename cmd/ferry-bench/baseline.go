@@ -29,6 +29,7 @@ func (b *bench) baseline(spec baselineSpec) (r result) {
 	if spec.sample != nil {
 		how = "payloads copied from ferry's"
 	}
+	r.Notes = how
 	b.logf("%s: plain paho client, %d-byte messages (%s), QoS %d", r.Scenario, size, how, b.opts.QoS)
 	payload := func(seq uint64, ts time.Time) []byte { return baselinePayload(seq, ts, size) }
 	if spec.sample != nil {
@@ -109,7 +110,7 @@ func (b *bench) baseline(spec baselineSpec) (r result) {
 	r.Messages, r.Lost, r.Dups = sub.seqs.distinct, int64(seq.Load())-sub.seqs.distinct, sub.seqs.dups
 	sub.mu.Unlock()
 	if n := pubErrs.Load(); n > 0 {
-		r.Notes = fmt.Sprintf("%d publish errors", n)
+		r.Notes += fmt.Sprintf("; %d publish errors", n)
 		r.Lost -= n // never acknowledged, so not owed
 	}
 	return r

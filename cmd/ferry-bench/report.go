@@ -106,8 +106,12 @@ func markdownTable(rs []result) string {
 			continue
 		}
 		if r.Source == "paho" {
-			fmt.Fprintf(&b, "| %s | — | %.0f-byte msgs, QoS %d | | | | | %s | | %d | %s | plain paho client, 256 in flight, counted at the subscriber | |\n",
-				r.Scenario, r.AvgMsgBytes, r.QoS, num(r.MsgsPerS), r.Lost, lat(r.Latency))
+			note := "plain paho client, 256 publishing goroutines (window: the broker's Receive Maximum), counted at the subscriber"
+			if r.Notes != "" {
+				note += "; " + r.Notes
+			}
+			fmt.Fprintf(&b, "| %s | — | %.0f-byte msgs, QoS %d | | | | | %s | | %d | %s | %s | |\n",
+				r.Scenario, r.AvgMsgBytes, r.QoS, num(r.MsgsPerS), r.Lost, lat(r.Latency), cell(note))
 			continue
 		}
 		msgs := num(r.MsgsPerS)

@@ -106,6 +106,7 @@ type ferryProc struct {
 	done  chan struct{}
 	log   *syncBuffer
 	start time.Time
+	dir   string
 }
 
 func startFerry(bin, dir, config string) (*ferryProc, error) {
@@ -121,7 +122,7 @@ func startFerry(bin, dir, config string) (*ferryProc, error) {
 		return nil, fmt.Errorf("ferry check: %v\n%s", err, firstLines(out, 10))
 	}
 	cmd := exec.Command(bin, "run", "-config", path, "-log-format", "text")
-	p := &ferryProc{cmd: cmd, done: make(chan struct{}), log: &syncBuffer{}}
+	p := &ferryProc{cmd: cmd, done: make(chan struct{}), log: &syncBuffer{}, dir: dir}
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -143,7 +144,8 @@ func (p *ferryProc) exited() bool {
 }
 
 // stop sends SIGTERM (ferry publishes its backlog for up to 5 s) and waits
-// up to 15 s before SIGKILL.
+// up to 15 s before SIGKILL; ferry's output is then saved as ferry.log in
+// the row's directory (kept with -keep).
 func (p *ferryProc) stop() {
 	if p.exited() {
 		return
@@ -155,6 +157,7 @@ func (p *ferryProc) stop() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
+	_ = os.WriteFile(filepath.Join(p.dir, "ferry.log"), []byte(p.log.String()), 0o644)
 }
 
 func firstLines(b []byte, n int) string {

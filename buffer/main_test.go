@@ -10,10 +10,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"sync"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/ferry-gateway/ferry/internal/lockedbuf"
 )
 
 func TestMain(m *testing.M) {
@@ -108,22 +109,7 @@ func segFiles(t testing.TB, dir string) []string {
 }
 
 // logBuffer is a slog handler target safe for concurrent use.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type logBuffer struct{ lockedbuf.Buffer }
 
 func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 

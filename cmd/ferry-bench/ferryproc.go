@@ -9,9 +9,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ferry-gateway/ferry/internal/lockedbuf"
 )
 
 // buildFerry builds ./cmd/ferry of the module that contains the working
@@ -104,7 +105,7 @@ func opcuaDeviceConfig(name, endpoint string, publishing time.Duration, tags, no
 type ferryProc struct {
 	cmd   *exec.Cmd
 	done  chan struct{}
-	log   *syncBuffer
+	log   *lockedbuf.Buffer
 	start time.Time
 	dir   string
 }
@@ -122,7 +123,7 @@ func startFerry(bin, dir, config string) (*ferryProc, error) {
 		return nil, fmt.Errorf("ferry check: %v\n%s", err, firstLines(out, 10))
 	}
 	cmd := exec.Command(bin, "run", "-config", path, "-log-format", "text")
-	p := &ferryProc{cmd: cmd, done: make(chan struct{}), log: &syncBuffer{}, dir: dir}
+	p := &ferryProc{cmd: cmd, done: make(chan struct{}), log: &lockedbuf.Buffer{Max: 1 << 20}, dir: dir}
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -244,25 +245,4 @@ func profileCPU(dir, name string, d time.Duration) (wait func()) {
 		}
 	}()
 	return func() { <-done }
-}
-
-// syncBuffer collects a process's output; it keeps only the last MiB or so.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.b.Len() > 1<<20 { // keep the tail only
-		s.b.Reset()
-	}
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

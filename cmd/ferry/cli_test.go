@@ -7,13 +7,15 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ferry-gateway/ferry/internal/lockedbuf"
 )
 
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	// Locked: goroutines of a command (the demo's embedded broker) may
 	// still write a log line while the command returns.
-	var out, errb lockedBuffer
+	var out, errb lockedbuf.Buffer
 	code = dispatch(context.Background(), args, &out, &errb)
 	return code, out.String(), errb.String()
 }

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,30 +16,15 @@ import (
 	"github.com/ferry-gateway/ferry/adapters/modbus/modbustest"
 	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/internal/mosquittotest"
+
+	"github.com/ferry-gateway/ferry/internal/lockedbuf"
 )
 
 // ferryProc is the ferry binary running as a subprocess.
 type ferryProc struct {
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *lockedbuf.Buffer
 	done   chan error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // startFerry runs `ferry ARGS...` as a subprocess (the test binary itself,
@@ -50,7 +33,7 @@ func startFerry(t *testing.T, args ...string) *ferryProc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), execEnv+"=1")
-	p := &ferryProc{cmd: cmd, stderr: new(lockedBuffer), done: make(chan error, 1)}
+	p := &ferryProc{cmd: cmd, stderr: new(lockedbuf.Buffer), done: make(chan error, 1)}
 	cmd.Stdout = p.stderr
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {

@@ -12,7 +12,6 @@
 package mosquittotest
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -25,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferry-gateway/ferry/internal/lockedbuf"
 )
 
 // StartTimeout bounds how long Launch, Start, Relaunch and Restart wait for
@@ -97,7 +98,7 @@ type Broker struct {
 	conf    string
 	port    int
 	tlsPort int
-	logs    *syncBuffer
+	logs    *lockedbuf.Buffer
 
 	mu     sync.Mutex
 	run    *process // nil when stopped
@@ -194,7 +195,7 @@ func Launch(dir string, opts ...Option) (*Broker, error) {
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, fmt.Errorf("mosquittotest: %w", err)
 	}
-	b := &Broker{bin: bin, conf: confPath, port: port, tlsPort: tlsPort, logs: &syncBuffer{}}
+	b := &Broker{bin: bin, conf: confPath, port: port, tlsPort: tlsPort, logs: &lockedbuf.Buffer{}}
 	if err := b.start(); err != nil {
 		return nil, err
 	}
@@ -409,21 +410,4 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

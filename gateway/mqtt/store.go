@@ -403,9 +403,9 @@ func (s *sessionStore) Get(id uint16) (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(bytes.Clone(p.data))), nil
 }
 
-// maxFree and maxFreeBytes bound the buffers kept for reuse: about a
-// window of backlog messages, without holding a window of 35 kB device
-// messages (20 a second need no recycling).
+// maxFree and maxFreeBytes bound the buffers kept for reuse: a window of
+// 7 kB backlog messages fits; of 35 kB device messages (which come a few
+// dozen a second and need no recycling) only part of a window is kept.
 const (
 	maxFree      = 64
 	maxFreeBytes = 512 << 10
@@ -559,7 +559,6 @@ func (s *sessionStore) livePackets() int {
 	return len(s.live)
 }
 
-// maybeCompact rewrites the log when it has grown; the caller holds s.mu.
 // compactMin is the session log size below which it is never compacted.
 // A compaction rewrites every live packet and renames the file under the
 // store's lock, on the goroutine that handles acknowledgements: at 1 MiB
@@ -568,6 +567,7 @@ func (s *sessionStore) livePackets() int {
 // costs at most that much disk and start-up reading.
 const compactMin = 8 << 20
 
+// maybeCompact rewrites the log when it has grown; the caller holds s.mu.
 func (s *sessionStore) maybeCompact() {
 	if s.f == nil || s.size < compactMin || s.size < 4*s.compact {
 		return

@@ -505,14 +505,16 @@ func (c *Client) explainConnectError(err error) error {
 		return fmt.Errorf("connect %s: %w", c.dev.Endpoint, err)
 	}
 	switch code {
-	case ua.StatusBadUserAccessDenied, ua.StatusBadIdentityTokenRejected, ua.StatusBadIdentityTokenInvalid:
-		who := "anonymous"
+	case ua.StatusBadUserAccessDenied, ua.StatusBadIdentityTokenRejected, ua.StatusBadIdentityTokenInvalid,
+		ua.StatusBadUserSignatureInvalid:
 		if c.userCert != nil {
-			who = "with the user certificate"
-		} else if c.dev.Username != "" {
-			who = fmt.Sprintf("as %q", c.dev.Username)
+			return fmt.Errorf("login with the user certificate %s (SHA-256 %s) refused by %s (%s): the server must trust this user certificate (add it to its trusted user certificates)",
+				c.dev.UserCertFile, Thumbprint(c.userCert.certDER), c.dev.Endpoint, StatusName(code))
 		}
-		return fmt.Errorf("login %s refused by %s (%s): check username and password (or password_file)", who, c.dev.Endpoint, StatusName(code))
+		if c.dev.Username != "" {
+			return fmt.Errorf("login as %q refused by %s (%s): check username and password (or password_file)", c.dev.Username, c.dev.Endpoint, StatusName(code))
+		}
+		return fmt.Errorf("anonymous login refused by %s (%s): set username and password, or user_cert_file and user_key_file", c.dev.Endpoint, StatusName(code))
 	case ua.StatusBadCertificateUntrusted, ua.StatusBadSecurityChecksFailed, ua.StatusBadCertificateInvalid,
 		ua.StatusBadCertificateURIInvalid, ua.StatusBadCertificateUseNotAllowed:
 		msg := fmt.Sprintf("the server %s refused the connection (%s)", c.dev.Endpoint, StatusName(code))

@@ -2,6 +2,7 @@ package opcua
 
 import (
 	"bufio"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -66,10 +67,10 @@ func freePort(t testing.TB) int {
 
 // startNode starts a node-opcua server on port with its PKI in pki and
 // waits until it listens.
-func startNode(t testing.TB, port int, pki string) *nodeServer {
+func startNode(t testing.TB, port int, pki string, userPKI ...string) *nodeServer {
 	t.Helper()
 	node := requireNode(t)
-	cmd := exec.Command(node, "server.js", fmt.Sprint(port), pki)
+	cmd := exec.Command(node, append([]string{"server.js", fmt.Sprint(port), pki}, userPKI...)...)
 	cmd.Dir = nodeDir
 	cmd.Stderr = nil
 	out, err := cmd.StdoutPipe()
@@ -362,4 +363,89 @@ func TestNodeOPCUABrowse(t *testing.T) {
 	if sp := got["Setpoint"]; sp.Access != "rw" {
 		t.Errorf("Setpoint browsed as %+v", sp)
 	}
+}
+
+// TestNodeOPCUAX509User: ferry logs in with an X.509 user certificate that
+// node-opcua trusts (the server checks the token's signature, made with
+// the user's key over its certificate and nonce); an untrusted user
+// certificate, and a trusted one with the wrong key, are refused with an
+// error that says what to check.
+func TestNodeOPCUAX509User(t *testing.T) {
+	_, state := sharedNode(t)
+	dir := t.TempDir()
+	userPKI := filepath.Join(dir, "user-pki")
+	type user struct{ cert, key string }
+	newUser := func(name string) (user, []byte) {
+		certPEM, keyPEM, err := generateIdentity()
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := user{filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")}
+		if err := os.WriteFile(u.cert, certPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(u.key, keyPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		blk, _ := pem.Decode(certPEM)
+		return u, blk.Bytes
+	}
+	trusted, trustedDER := newUser("operator")
+	untrusted, _ := newUser("stranger")
+	certs := filepath.Join(userPKI, "trusted", "certs")
+	if err := os.MkdirAll(certs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(certs, "operator.der"), trustedDER, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startNode(t, freePort(t), filepath.Join(dir, "pki"), userPKI)
+	sharedMu.Lock()
+	ownServers = append(ownServers, srv)
+	sharedMu.Unlock()
+
+	login := func(t *testing.T, cert, key string) *recSink {
+		sink := newRecSink()
+		dev := nodeDevice(srv, "Basic256Sha256", "SignAndEncrypt")
+		dev.UserCertFile, dev.UserKeyFile = cert, key
+		c, err := NewClient(dev, state, sink, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runClient(t, c)
+		return sink
+	}
+	refused := func(t *testing.T, sink *recSink, want ...string) {
+		var msg string
+		sink.wait(t, "down", func(s *recSink) bool {
+			if len(s.states) > 0 {
+				msg = s.states[0].err
+			}
+			return len(s.states) > 0
+		})
+		if sink.upCount() > 0 {
+			t.Fatalf("logged in; want refused")
+		}
+		for _, w := range want {
+			if !strings.Contains(msg, w) {
+				t.Errorf("refusal %q does not say %q", msg, w)
+			}
+		}
+	}
+	t.Run("trusted", func(t *testing.T) {
+		sink := login(t, trusted.cert, trusted.key)
+		sink.waitValue(t, "ReadOnly", "7.25", adapters.Good)
+	})
+	t.Run("untrusted", func(t *testing.T) {
+		refused(t, login(t, untrusted.cert, untrusted.key), "login with the user certificate "+untrusted.cert, "refused", "must trust this user certificate")
+	})
+	t.Run("wrong key", func(t *testing.T) {
+		// Caught before any connection: the key must match the certificate.
+		dev := nodeDevice(srv, "Basic256Sha256", "SignAndEncrypt")
+		dev.UserCertFile, dev.UserKeyFile = trusted.cert, untrusted.key
+		_, err := NewClient(dev, state, newRecSink(), nil)
+		if err == nil || !strings.Contains(err.Error(), "does not belong to certificate") {
+			t.Fatalf("NewClient = %v, want the key/certificate mismatch", err)
+		}
+	})
 }

@@ -1,12 +1,15 @@
 // node-opcua server for ferry's OPC UA interoperability tests.
 //
-//   node server.js PORT PKI_DIR
+//   node server.js PORT PKI_DIR [USER_PKI_DIR]
 //
 // Prints "READY <thumbprint>" (SHA-256 of the server certificate, lower hex)
 // on stdout once it listens. Offers None, Basic256Sha256,
 // Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss with Sign and
 // SignAndEncrypt; anonymous and username login (operator / secret).
-// Client certificates are accepted automatically. Variables in namespace
+// Client certificates are accepted automatically. With USER_PKI_DIR, X.509
+// user login is offered too, for the user certificates in
+// USER_PKI_DIR/trusted/certs only (others are refused and land in
+// USER_PKI_DIR/rejected). Variables in namespace
 // urn:ferry:nodeopcua: s=Temperature (Double, changes every 100 ms),
 // s=Counter (Int32, +1 every 100 ms), s=Big (Int64 beyond 2^53),
 // s=Setpoint (Double, read/write), s=ReadOnly (Double, read only),
@@ -22,6 +25,7 @@ const {
 
 const port = parseInt(process.argv[2], 10);
 const pki = process.argv[3];
+const userPki = process.argv[4];
 
 (async () => {
   const certificateManager = new OPCUACertificateManager({
@@ -29,11 +33,20 @@ const pki = process.argv[3];
     automaticallyAcceptUnknownCertificate: true,
   });
   await certificateManager.initialize();
+  let userCertificateManager;
+  if (userPki) {
+    userCertificateManager = new OPCUACertificateManager({
+      rootFolder: userPki,
+      automaticallyAcceptUnknownCertificate: false,
+    });
+    await userCertificateManager.initialize();
+  }
   const server = new OPCUAServer({
     port,
     hostname: "127.0.0.1",
     alternateHostname: ["127.0.0.1", "localhost"],
     serverCertificateManager: certificateManager,
+    userCertificateManager,
     securityPolicies: [SecurityPolicy.None, SecurityPolicy.Basic256Sha256, SecurityPolicy.Aes128_Sha256_RsaOaep, SecurityPolicy.Aes256_Sha256_RsaPss],
     securityModes: [MessageSecurityMode.None, MessageSecurityMode.Sign, MessageSecurityMode.SignAndEncrypt],
     allowAnonymous: true,

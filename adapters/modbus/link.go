@@ -28,8 +28,9 @@ type link struct {
 	mu          sync.Mutex // one request at a time; guards everything below
 	client      *mb.ModbusClient
 	connected   bool
-	gen         uint64 // incremented on every successful open
-	opened      bool   // opened at least once (a later open is a reconnect)
+	lock        *portLock // of the serial device while connected (rtu:// only)
+	gen         uint64    // incremented on every successful open
+	opened      bool      // opened at least once (a later open is a reconnect)
 	lastErr     error
 	backoff     time.Duration
 	nextDial    time.Time
@@ -102,6 +103,8 @@ func (l *link) release(p *Poller) {
 	if last && l.connected {
 		l.connected = false
 		_ = l.client.Close()
+		l.lock.release()
+		l.lock = nil
 	}
 }
 
@@ -135,6 +138,14 @@ func (l *link) ensure(force bool, minB, maxB time.Duration) (reconnected bool, e
 		}
 		return false, l.lastErr
 	}
+	if path := serialPath(l.key); path != "" {
+		lock, err := lockPort(path)
+		if err != nil {
+			l.fail(fmt.Errorf("connect %s: %w", l.key, err), minB, maxB)
+			return false, l.lastErr
+		}
+		l.lock = lock
+	}
 	cc := l.cfg
 	cc.Timeout = l.timeout()
 	c, err := mb.NewClient(&cc)
@@ -142,6 +153,8 @@ func (l *link) ensure(force bool, minB, maxB time.Duration) (reconnected bool, e
 		err = c.Open()
 	}
 	if err != nil {
+		l.lock.release()
+		l.lock = nil
 		l.fail(fmt.Errorf("connect %s: %w", l.key, err), minB, maxB)
 		return false, l.lastErr
 	}
@@ -159,6 +172,8 @@ func (l *link) fail(err error, minB, maxB time.Duration) {
 		_ = l.client.Close()
 		l.connected = false
 	}
+	l.lock.release()
+	l.lock = nil
 	l.consecTmout = 0
 	l.lastErr = err
 	b := min(max(l.backoff, minB), maxB)

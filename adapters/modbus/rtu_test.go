@@ -1,6 +1,7 @@
 package modbus
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -92,4 +93,38 @@ func TestRTUOverTCP(t *testing.T) {
 		rs := sink.waitCycle(t, "read", func(rs []adapters.Reading) bool { return byTag(rs)["f"].Quality == adapters.Good })
 		checkRTUValues(t, byTag(rs))
 	}
+}
+
+// TestRTUPortLock: a second connection to a serial line that is open (as
+// `ferry read` beside a running service) is refused at once, naming the
+// port, instead of mixing its frames with the first one's on the bus; once
+// the first closes, the port is free.
+func TestRTUPortLock(t *testing.T) {
+	client, device := modbustest.PtyPair(t)
+	s := modbustest.New(t)
+	if err := s.ServeRTUFile(device); err != nil {
+		t.Fatal(err)
+	}
+	cfg := mb.ClientConfiguration{URL: "rtu://" + client, Speed: 115200}
+	first := &link{key: cfg.URL, cfg: cfg, timeouts: map[*Poller]time.Duration{}}
+	second := &link{key: cfg.URL, cfg: cfg, timeouts: map[*Poller]time.Duration{}}
+	first.mu.Lock()
+	defer first.mu.Unlock()
+	second.mu.Lock()
+	defer second.mu.Unlock()
+	if _, err := first.ensure(true, time.Millisecond, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	_, err := second.ensure(true, time.Millisecond, time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "serial port "+client+" is in use") {
+		t.Fatalf("second open: %v, want the port in use", err)
+	}
+	if _, _, err := first.read(1, config.TableHolding, 0, 1); err != nil {
+		t.Fatalf("first link after the refused second: %v", err)
+	}
+	first.fail(errors.New("closed by the test"), time.Millisecond, time.Millisecond)
+	if _, err := second.ensure(true, time.Millisecond, time.Millisecond); err != nil {
+		t.Fatalf("after the first closed: %v", err)
+	}
+	second.fail(errors.New("closed by the test"), time.Millisecond, time.Millisecond)
 }

@@ -15,13 +15,15 @@ import (
 	"github.com/eclipse/paho.golang/paho/session/state"
 )
 
-// baselineWorkers is how many goroutines publish at once: the plain
-// client's window, as ferry's default max_inflight (256).
+// baselineWorkers is how many goroutines publish at once, as ferry's
+// default max_inflight (256); the broker's Receive Maximum (20 for
+// mosquitto's default) bounds the window of both clients.
 const baselineWorkers = 256
 
 // baseline publishes size-byte messages at the bench QoS from one plain
-// paho client (on a *net.TCPConn) straight into a fresh broker, and
-// counts them at the same kind of subscriber as the ferry rows.
+// paho client (on a *net.TCPConn) straight into a fresh broker of the
+// compared row's config, and counts them at the same kind of subscriber as
+// the ferry rows.
 func (b *bench) baseline(spec baselineSpec) (r result) {
 	size := spec.size
 	r = result{Scenario: fmt.Sprintf("baseline-%dB", size), Source: "paho", QoS: b.opts.QoS}
@@ -36,7 +38,7 @@ func (b *bench) baseline(spec baselineSpec) (r result) {
 		payload = samplePayloads(spec.sample)
 	}
 	dir := b.dir(r.Scenario)
-	br, err := startBroker(filepath.Join(dir, "broker"), false)
+	br, err := startBroker(filepath.Join(dir, "broker"), spec.persistence)
 	if err != nil {
 		r.Error = err.Error()
 		return r

@@ -115,8 +115,9 @@ func (b *bench) runAll() []result {
 // plain client then sends with fresh ts and seq, so that both sides cost
 // the broker and the subscriber the same per message.
 type baselineSpec struct {
-	size   int
-	sample []byte
+	size        int
+	sample      []byte
+	persistence bool // the broker config of the compared row (the outage drain's has persistence on)
 }
 
 // baselineSpecs are the distinct message sizes (2 significant digits) of
@@ -133,7 +134,7 @@ func baselineSpecs(rs []result) []baselineSpec {
 		s := round2(int(r.AvgMsgBytes))
 		if !nearSize(sizes, s) {
 			sizes = append(sizes, s)
-			specs = append(specs, baselineSpec{size: s, sample: r.sample})
+			specs = append(specs, baselineSpec{size: s, sample: r.sample, persistence: r.OutageS > 0})
 		}
 	}
 	if len(specs) == 0 {

@@ -343,8 +343,12 @@ func TestCommandThroughBinary(t *testing.T) {
 	replies := mosquittotest.Subscribe(t, broker.URL(), "replies/#", 1)
 	results := mosquittotest.Subscribe(t, broker.URL(), "plant/ops/+/+/set/result", 1)
 	p := startFerry(t, "run", "-config", path)
-	waitFor(t, "ferry to accept commands", 30*time.Second, func() bool {
-		return strings.Contains(p.stderr.String(), "accepting commands")
+	// "accepting commands" is logged when the router starts; a command
+	// published before the broker has ferry's subscription goes nowhere
+	// (PUBACK 0x10, no matching subscribers), so wait for the SUBACK.
+	waitFor(t, "ferry's command subscription", 30*time.Second, func() bool {
+		out := p.stderr.String()
+		return strings.Contains(out, "accepting commands") && strings.Contains(out, "msg=subscribed")
 	})
 
 	send := func(tag, payload, corr string) {

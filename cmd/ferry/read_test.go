@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ferry-gateway/ferry/adapters/modbus/modbustest"
@@ -105,5 +106,41 @@ func TestReadUnreachable(t *testing.T) {
 	code, stdout, stderr := run(t, "read", "-config", readConfig(t, url), "plc1")
 	if code != exitFailure || !strings.Contains(stderr, "unreachable") || !strings.Contains(stdout, "bad") {
 		t.Errorf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
+	}
+}
+
+// TestReadSerialPortInUse: `ferry read` on a serial line that another
+// process holds (the running service) fails at once, naming the port,
+// instead of sending frames into the other's conversation; once the port
+// is free it reads.
+func TestReadSerialPortInUse(t *testing.T) {
+	client, device := modbustest.PtyPair(t)
+	s := modbustest.New(t)
+	if err := s.ServeRTUFile(device); err != nil {
+		t.Fatal(err)
+	}
+	s.SetFloat32(config.TableHolding, 100, 21.5, "CDAB")
+	path := readConfig(t, "rtu://"+client)
+
+	// The other process's lock: flock on its own open file description.
+	fd, err := syscall.Open(client, syscall.O_RDONLY|syscall.O_NOCTTY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := run(t, "read", "-config", path, "plc1/temp")
+	if code != exitFailure || !strings.Contains(stdout+stderr, "serial port "+client+" is in use") {
+		t.Errorf("port held: exit %d, output %q", code, stdout+stderr)
+	}
+	if n := len(s.Writes()) + int(s.Requests()); n != 0 {
+		t.Errorf("%d requests reached the line while another process held it", n)
+	}
+	syscall.Close(fd)
+
+	code, stdout, stderr = run(t, "read", "-config", path, "plc1/temp")
+	if code != exitOK || !strings.Contains(stdout, "21.5") {
+		t.Errorf("port free: exit %d, output %q", code, stdout+stderr)
 	}
 }

@@ -123,6 +123,9 @@ type Stats struct {
 	Received     uint64            // messages delivered on our subscriptions (commands)
 	Responses    uint64            // Respond messages handed to the session
 	Subscribes   uint64            // successful SUBSCRIBE exchanges
+
+	SessionWriteErrors uint64 // failed or short writes of the session store file
+	SessionCorrupt     int    // damaged regions of the session store skipped at start (bytes kept in corrupt/)
 }
 
 // Publisher drains a Log to an MQTT broker. Create it with New and run it
@@ -287,6 +290,7 @@ func (p *Publisher) Stats() Stats {
 	p.jmu.Lock()
 	s.InFlight = len(p.pending)
 	p.jmu.Unlock()
+	s.SessionWriteErrors, s.SessionCorrupt = p.store.health()
 	return s
 }
 

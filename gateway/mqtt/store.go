@@ -1,9 +1,9 @@
 package mqtt
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -40,6 +40,48 @@ import (
 // a record (the buffer acks only completed deliveries). The log is compacted
 // (rewritten, renamed) when it grows. Without a directory it lives in memory.
 //
+// # File format
+//
+// session.log is a plain sequence of frames, with no file header. All
+// integers are little endian. This version writes version 2 frames:
+//
+//	offset size field
+//	0      4    magic F3 53 53 02 ("\xF3SS" + frame version 2)
+//	4      4    n, length of the body (1 .. 2^28)
+//	8      4    CRC-32C (Castagnoli) over bytes 4..8 and the body
+//	12     n    body
+//
+// and still reads version 1 frames (no magic; testdata/session-v1.log),
+// written before this version: 0 4 n | 4 4 CRC-32C over the body | 8 n body.
+// A file of version 1 frames is rewritten in version 2 when it is opened.
+// The body's first byte is its type:
+//
+//	1 put      id u16, packet type u8, seq u64, the packet as paho serializes it
+//	2 delete   id u16, done u8 (1: the seq is done, 0: refused, to be retried)
+//	3 mark     from u64, to u64: the seqs from..to (inclusive) are done
+//	4 reset    the broker had no session: forget every live packet
+//	5 session  a session exists at the broker (Clean Start = 0 from now on)
+//
+// testdata/session-v2.log pins the format (go test -run
+// TestSessionStoreGolden -update rewrites it, for an intended change only).
+//
+// # Damage and write errors
+//
+// At open, a frame that fails its checks (magic, length, CRC, a body that
+// is not one of the above) starts a search, byte by byte, for the next
+// good frame. Bad bytes with good frames after them are copied to
+// corrupt/session.log.<unixnano>.<offset>.bin, logged and counted, and the
+// file is rewritten from what was read; a bad tail (a write torn by a
+// crash or a full disk) is cut off (its bytes kept unless all zero).
+// Opening never fails on bad data, only on I/O errors.
+//
+// A write that fails or is short (ENOSPC, EIO) is cut back to the last
+// whole frame at once, and the file is then rewritten from memory (which
+// holds everything the lost frames said) as soon as writes succeed again;
+// until then nothing is appended. So the file on disk is always a prefix
+// of good frames, and a kill -9 after a full-disk episode finds everything
+// (see flushLocked).
+//
 // paho's own store/file was not used: it fsyncs and renames a file per
 // packet (two per QoS 2 message, about 3 k operations/s on this hardware,
 // far below the broker), orders resends by file ModTime, pads List with 0
@@ -48,17 +90,25 @@ import (
 type sessionStore struct {
 	mu      sync.Mutex
 	dir     string
-	f       *os.File // nil: memory only
-	size    int64    // bytes in f
-	compact int64    // size after the last compaction
-	pend    []byte   // framed records not yet written (see Put and Delete)
+	f       logFile                // nil: memory only
+	wrap    func(*os.File) logFile // see openStoreWith
+	size    int64                  // bytes in f
+	compact int64                  // size after the last compaction
+	pend    []byte                 // framed records not yet written (see Put and Delete)
 	aw      appendWriter
 	// deferPuts: Put leaves its record in pend; the connection writes
 	// pend (flushPending) before every socket write. Set when every
 	// connection is a batchConn.
 	deferPuts bool
 	logger    *slog.Logger
-	err       error // first write error (logged once)
+	// broken: a write failed; the file is a good prefix and is rewritten
+	// from memory (at most every rewriteRetry, from retryAt on) before
+	// anything is appended again. See flushLocked.
+	broken         bool
+	retryAt        time.Time
+	writeErrors    uint64 // failed or short writes
+	corruptRegions int    // bad regions skipped at open
+	corruptBytes   int64  // their size
 
 	live      map[uint16]*storedPacket
 	free      [][]byte        // data of deleted packets, for the next Puts
@@ -95,7 +145,26 @@ const (
 	recSession = 5 // a session exists at the broker (Clean Start = 0 from now on)
 )
 
-const storeFile = "session.log"
+const (
+	storeFile  = "session.log"
+	corruptDir = "corrupt"
+	frameHdr   = 12      // magic, n, CRC
+	maxBody    = 1 << 28 // larger than any MQTT packet
+	// rewriteRetry is how often a broken store tries to rewrite its file.
+	rewriteRetry = 100 * time.Millisecond
+)
+
+// frameMagic starts every frame of format version 2.
+var frameMagic = [4]byte{0xF3, 'S', 'S', 2}
+
+// logFile is the session log file as the store writes it: an *os.File,
+// or in tests a wrapper that injects failed and short writes.
+type logFile interface {
+	Write(p []byte) (int, error)
+	Truncate(size int64) error
+	Seek(offset int64, whence int) (int64, error)
+	Close() error
+}
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -108,12 +177,20 @@ func newMemoryStore() *sessionStore {
 }
 
 // openStore opens (creating it if needed) the store in dir, which should
-// hold nothing else. A torn or corrupt tail is cut off and logged.
+// hold nothing else. Bad records are skipped (see the format in the type's
+// doc): the bytes are kept in corrupt/, logged and counted, and the file
+// is rewritten without them; a torn tail is cut off.
 func openStore(dir string, logger *slog.Logger) (*sessionStore, error) {
+	return openStoreWith(dir, logger, nil)
+}
+
+// openStoreWith is openStore with a wrapper for every file the store
+// writes (nil: the *os.File itself); tests inject write faults with it.
+func openStoreWith(dir string, logger *slog.Logger, wrap func(*os.File) logFile) (*sessionStore, error) {
 	s := newMemoryStore()
-	s.dir, s.logger = dir, logger
+	s.dir, s.logger, s.wrap = dir, logger, wrap
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("mqtt: session store: %w", err)
+		return nil, fmt.Errorf("mqtt: session store %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, storeFile)
 	_ = os.Remove(path + ".tmp") // an interrupted compaction
@@ -121,23 +198,47 @@ func openStore(dir string, logger *slog.Logger) (*sessionStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mqtt: session store: %w", err)
 	}
-	good, err := s.replay(f)
+	data, err := io.ReadAll(f)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("mqtt: session store %s: %w", path, err)
 	}
-	if st, err := f.Stat(); err == nil && st.Size() > good {
-		logger.Warn("mqtt session store: torn or corrupt tail cut off", "file", path, "at", good, "size", st.Size())
-		if err := f.Truncate(good); err != nil {
+	rep := s.replay(data)
+	for _, r := range rep.bad {
+		s.keepCorrupt(data, r)
+	}
+	switch {
+	case len(rep.bad) > 0 && !rep.tornOnly(len(data)), rep.version == 1:
+		// Damage in the middle, or the first format: rewrite the file from
+		// what was read, in the current format.
+		if len(rep.bad) > 0 {
+			s.corruptRegions, s.corruptBytes = len(rep.bad), rep.badBytes()
+			s.logger.Warn("mqtt session store: corrupt records skipped; the file is rewritten without them (bytes kept in corrupt/)",
+				"file", path, "regions", len(rep.bad), "bytes", rep.badBytes(), "records_read", rep.records)
+		} else {
+			s.logger.Info("mqtt session store: migrating the file to format version 2", "file", path, "records", rep.records)
+		}
+		f.Close()
+		s.mu.Lock()
+		err := s.rewriteLocked()
+		s.mu.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("mqtt: session store %s: rewrite: %w", path, err)
+		}
+	default:
+		if len(rep.bad) > 0 {
+			s.logger.Warn("mqtt session store: torn or corrupt tail cut off", "file", path, "at", rep.good, "size", len(data))
+		}
+		if err := f.Truncate(rep.good); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("mqtt: session store %s: %w", path, err)
 		}
+		if _, err := f.Seek(rep.good, io.SeekStart); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("mqtt: session store %s: %w", path, err)
+		}
+		s.f, s.size, s.compact = s.wrapFile(f), rep.good, rep.good
 	}
-	if _, err := f.Seek(good, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	s.f, s.size, s.compact = f, good, good
 	for _, b := range s.marks {
 		for _, q := range b.seqs {
 			s.loaded[q] = true
@@ -146,47 +247,140 @@ func openStore(dir string, logger *slog.Logger) (*sessionStore, error) {
 	return s, nil
 }
 
-// replay reads the log and returns the offset after the last good record.
-func (s *sessionStore) replay(f *os.File) (int64, error) {
-	r := bufio.NewReaderSize(f, 64<<10)
-	var off int64
-	var hdr [8]byte
+func (s *sessionStore) wrapFile(f *os.File) logFile {
+	if s.wrap != nil {
+		return s.wrap(f)
+	}
+	return f
+}
+
+// replayResult is what replay found in a session log.
+type replayResult struct {
+	good    int64      // offset after the last good frame
+	version int        // format of the frames read (1 or 2; 0: none)
+	records int        // good frames
+	bad     [][2]int64 // [from, to) of each skipped region
+}
+
+// tornOnly reports whether the only bad region is the tail.
+func (r replayResult) tornOnly(size int) bool {
+	return len(r.bad) == 1 && r.bad[0][0] == r.good && r.bad[0][1] == int64(size)
+}
+
+func (r replayResult) badBytes() int64 {
+	var n int64
+	for _, b := range r.bad {
+		n += b[1] - b[0]
+	}
+	return n
+}
+
+// replay applies the frames of data. A frame that fails its checks starts
+// a search, byte by byte, for the next frame that passes them (of the
+// version of the file's first good frame); the bytes in between are a bad
+// region.
+func (s *sessionStore) replay(data []byte) replayResult {
+	var res replayResult
 	now := s.now()
 	var marks []uint64
-	for {
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			break
+	off, badFrom := 0, -1
+	for off < len(data) {
+		body, n, v := parseFrame(data[off:], res.version)
+		if n == 0 {
+			if badFrom < 0 {
+				badFrom = off
+			}
+			off++
+			continue
 		}
-		n := binary.LittleEndian.Uint32(hdr[0:])
-		sum := binary.LittleEndian.Uint32(hdr[4:])
-		if n == 0 || n > 1<<28 {
-			break
+		if badFrom >= 0 {
+			res.bad = append(res.bad, [2]int64{int64(badFrom), int64(off)})
+			badFrom = -1
 		}
-		body := make([]byte, n)
-		if _, err := io.ReadFull(r, body); err != nil {
-			break
-		}
-		if crc32.Checksum(body, crcTable) != sum {
-			break
-		}
-		if !s.apply(body, &marks) {
-			break
-		}
-		off += 8 + int64(n)
+		res.version = v
+		s.apply(body, &marks)
+		res.records++
+		off += n
+		res.good = int64(off)
+	}
+	if badFrom >= 0 {
+		res.bad = append(res.bad, [2]int64{int64(badFrom), int64(len(data))})
 	}
 	if len(marks) > 0 {
 		s.marks = []markBucket{{t: now, seqs: marks}}
 	}
-	return off, nil
+	return res
 }
 
-// apply replays one record body; false if it is malformed.
-func (s *sessionStore) apply(b []byte, marks *[]uint64) bool {
+// keepCorrupt copies the bad region r of data to corrupt/ (zeros are not
+// kept: a torn tail after a crash is often a run of them).
+func (s *sessionStore) keepCorrupt(data []byte, r [2]int64) {
+	b := data[r[0]:r[1]]
+	if len(bytes.Trim(b, "\x00")) == 0 {
+		return
+	}
+	d := filepath.Join(s.dir, corruptDir)
+	name := filepath.Join(d, fmt.Sprintf("%s.%d.%d.bin", storeFile, s.now().UnixNano(), r[0]))
+	err := os.MkdirAll(d, 0o750)
+	if err == nil {
+		err = os.WriteFile(name, b, 0o640)
+	}
+	if err != nil {
+		s.logger.Warn("mqtt session store: corrupt bytes not kept", "file", name, "err", err)
+	}
+}
+
+// parseFrame checks the frame at the start of b: of version want (either
+// when 0). It returns its body, its size and its version; size 0 when it
+// is not a good frame.
+func parseFrame(b []byte, want int) (body []byte, size, version int) {
+	if want != 1 && len(b) >= frameHdr && [4]byte(b[:4]) == frameMagic {
+		n := binary.LittleEndian.Uint32(b[4:])
+		sum := binary.LittleEndian.Uint32(b[8:])
+		if n >= 1 && n <= maxBody && int(n) <= len(b)-frameHdr {
+			body = b[frameHdr : frameHdr+int(n)]
+			c := crc32.Update(crc32.Checksum(b[4:8], crcTable), crcTable, body)
+			if c == sum && validBody(body) {
+				return body, frameHdr + int(n), 2
+			}
+		}
+	}
+	if want != 2 && len(b) >= 8 {
+		n := binary.LittleEndian.Uint32(b[0:])
+		sum := binary.LittleEndian.Uint32(b[4:])
+		if n >= 1 && n <= maxBody && int(n) <= len(b)-8 {
+			body = b[8 : 8+int(n)]
+			if validBody(body) && crc32.Checksum(body, crcTable) == sum {
+				return body, 8 + int(n), 1
+			}
+		}
+	}
+	return nil, 0, 0
+}
+
+// validBody reports whether b is a well-formed record body.
+func validBody(b []byte) bool {
 	switch b[0] {
 	case recPut:
-		if len(b) < 12 {
+		return len(b) >= putHdr
+	case recDel:
+		return len(b) == 4 && b[3] <= 1
+	case recMark:
+		if len(b) != 17 {
 			return false
 		}
+		from, to := binary.LittleEndian.Uint64(b[1:]), binary.LittleEndian.Uint64(b[9:])
+		return to >= from && to-from <= 1<<24
+	case recReset, recSession:
+		return len(b) == 1
+	}
+	return false
+}
+
+// apply replays one valid record body.
+func (s *sessionStore) apply(b []byte, marks *[]uint64) {
+	switch b[0] {
+	case recPut:
 		id := binary.LittleEndian.Uint16(b[1:])
 		old := s.live[id]
 		s.order++
@@ -196,22 +390,13 @@ func (s *sessionStore) apply(b []byte, marks *[]uint64) bool {
 		}
 		s.live[id] = p
 	case recDel:
-		if len(b) != 4 {
-			return false
-		}
 		id := binary.LittleEndian.Uint16(b[1:])
 		if p := s.live[id]; p != nil && b[3] == 1 && p.seq != 0 {
 			*marks = append(*marks, p.seq)
 		}
 		delete(s.live, id)
 	case recMark:
-		if len(b) != 17 {
-			return false
-		}
 		from, to := binary.LittleEndian.Uint64(b[1:]), binary.LittleEndian.Uint64(b[9:])
-		if to < from || to-from > 1<<24 {
-			return false
-		}
 		for q := from; q <= to; q++ {
 			*marks = append(*marks, q)
 		}
@@ -219,10 +404,7 @@ func (s *sessionStore) apply(b []byte, marks *[]uint64) bool {
 		clear(s.live)
 	case recSession:
 		s.session = true
-	default:
-		return false
 	}
-	return true
 }
 
 // write appends one record now (after those pending, in one write(2));
@@ -243,10 +425,23 @@ func (w *appendWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// frame appends body as a frame of the current version to dst.
 func (s *sessionStore) frame(dst, body []byte) []byte {
+	start := len(dst)
+	dst = append(dst, frameMagic[:]...)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(body)))
-	dst = binary.LittleEndian.AppendUint32(dst, crc32.Checksum(body, crcTable))
-	return append(dst, body...)
+	dst = append(dst, 0, 0, 0, 0)
+	dst = append(dst, body...)
+	sealFrame(dst[start:])
+	return dst
+}
+
+// sealFrame fills in the length and CRC of the frame f, whose magic and
+// body are in place.
+func sealFrame(f []byte) {
+	binary.LittleEndian.PutUint32(f[4:], uint32(len(f)-frameHdr))
+	c := crc32.Update(crc32.Checksum(f[4:8], crcTable), crcTable, f[frameHdr:])
+	binary.LittleEndian.PutUint32(f[8:], c)
 }
 
 func putBody(dst []byte, id uint16, p *storedPacket) []byte {
@@ -357,14 +552,14 @@ func (s *sessionStore) Put(id uint16, ptype byte, w io.WriterTo) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := len(s.pend)
-	s.aw.b = append(s.pend, make([]byte, 8+putHdr)...)
+	s.aw.b = append(s.pend, make([]byte, frameHdr+putHdr)...)
 	_, err := w.WriteTo(&s.aw)
 	s.pend, s.aw.b = s.aw.b, nil
 	if err != nil {
 		s.pend = s.pend[:start]
 		return err
 	}
-	body := s.pend[start+8:]
+	body := s.pend[start+frameHdr:]
 	p := &storedPacket{ptype: ptype, data: append(s.reuse(len(body)-putHdr), body[putHdr:]...)}
 	if old := s.live[id]; old != nil {
 		p.seq, p.order = old.seq, old.order // PUBREL replacing its PUBLISH
@@ -383,8 +578,8 @@ func (s *sessionStore) Put(id uint16, ptype byte, w io.WriterTo) error {
 	binary.LittleEndian.PutUint16(body[1:], id)
 	body[3] = ptype
 	binary.LittleEndian.PutUint64(body[4:], p.seq)
-	binary.LittleEndian.PutUint32(s.pend[start:], uint32(len(body)))
-	binary.LittleEndian.PutUint32(s.pend[start+4:], crc32.Checksum(body, crcTable))
+	copy(s.pend[start:], frameMagic[:])
+	sealFrame(s.pend[start:])
 	if !s.deferPuts || len(s.pend) >= deferMax {
 		s.flushLocked()
 	}
@@ -483,20 +678,66 @@ func (s *sessionStore) flushPending() {
 }
 
 // flushLocked writes the pending records; the caller holds s.mu.
+//
+// A failed or short write (ENOSPC, EIO) leaves no partial record: the file
+// is truncated back to its last good size, and the store is marked broken.
+// While broken, the pending records are not appended (they would follow a
+// hole); instead, at most every rewriteRetry, the whole file is rewritten
+// from memory, which holds everything the records said (see rewriteLocked).
+// Once that succeeds, appending resumes. The file thus always holds a
+// prefix of the truth, never a record in the middle that cuts off what
+// follows it at the next start. A kill -9 while broken can cost what the
+// missing records said (at QoS 2, duplicates of what was in flight).
 func (s *sessionStore) flushLocked() {
-	if len(s.pend) == 0 || s.f == nil {
+	if s.f == nil {
+		return
+	}
+	if s.broken {
+		s.dropPending()
+		now := s.now()
+		if now.Before(s.retryAt) {
+			return
+		}
+		if err := s.rewriteLocked(); err != nil {
+			s.retryAt = now.Add(rewriteRetry)
+			return
+		}
+		s.logger.Warn("mqtt session store: written again after a write failure", "dir", s.dir, "bytes", s.size)
+		return
+	}
+	if len(s.pend) == 0 {
 		return
 	}
 	n, err := s.f.Write(s.pend)
-	s.size += int64(n)
+	if err == nil && n < len(s.pend) {
+		err = io.ErrShortWrite
+	}
+	s.dropPending()
+	if err == nil {
+		s.size += int64(n)
+		return
+	}
+	s.writeErrors++
+	s.broken = true
+	s.retryAt = s.now().Add(rewriteRetry)
+	if n > 0 {
+		if terr := s.f.Truncate(s.size); terr != nil {
+			err = errors.Join(err, terr)
+		}
+	}
+	if _, serr := s.f.Seek(s.size, io.SeekStart); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	s.logger.Error("mqtt session store: write failed; cut back to the last whole record, rewritten from memory once writes succeed",
+		"file", filepath.Join(s.dir, storeFile), "at", s.size, "err", err)
+}
+
+// dropPending empties pend, keeping its buffer unless it grew large.
+func (s *sessionStore) dropPending() {
 	if cap(s.pend) > 4*deferMax {
 		s.pend = nil
 	} else {
 		s.pend = s.pend[:0]
-	}
-	if err != nil && s.err == nil {
-		s.err = err
-		s.logger.Error("mqtt session store: write failed; exactly-once across a restart is not assured", "dir", s.dir, "err", err)
 	}
 }
 
@@ -552,6 +793,13 @@ func (s *sessionStore) Reset() error {
 	return nil
 }
 
+// health returns the failed writes and the damaged regions skipped at open.
+func (s *sessionStore) health() (writeErrors uint64, corrupt int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writeErrors, s.corruptRegions
+}
+
 // livePackets is the number of stored packets.
 func (s *sessionStore) livePackets() int {
 	s.mu.Lock()
@@ -572,14 +820,26 @@ func (s *sessionStore) maybeCompact() {
 	if s.f == nil || s.size < compactMin || s.size < 4*s.compact {
 		return
 	}
-	if err := s.compactLocked(); err != nil && s.err == nil {
-		s.err = err
+	if err := s.compactLocked(); err != nil && !s.broken {
 		s.logger.Error("mqtt session store: compaction failed", "dir", s.dir, "err", err)
 	}
 }
 
+// compactLocked writes what is pending, then rewrites the file.
 func (s *sessionStore) compactLocked() error {
 	s.flushLocked()
+	if s.broken {
+		return errors.New("the last write failed")
+	}
+	return s.rewriteLocked()
+}
+
+// rewriteLocked writes the store's state (session flag, done marks of the
+// last markRetention, live packets in their order) to session.log.tmp and
+// renames it over session.log; the caller holds s.mu. On success the store
+// appends to the new file and is no longer broken; on failure the old file
+// is kept as it was.
+func (s *sessionStore) rewriteLocked() error {
 	// Drop old marks.
 	cut := s.now().Add(-markRetention)
 	i := 0
@@ -621,23 +881,28 @@ func (s *sessionStore) compactLocked() error {
 	}
 	path := filepath.Join(s.dir, storeFile)
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, out, 0o640); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(tmp, os.O_RDWR, 0)
+	of, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o640)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+	f := s.wrapFile(of)
+	n, err := f.Write(out)
+	if err == nil && n < len(out) {
+		err = io.ErrShortWrite
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
 		f.Close()
+		_ = os.Remove(tmp)
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		f.Close()
-		return err
+	if s.f != nil {
+		s.f.Close()
 	}
-	s.f.Close()
 	s.f, s.size, s.compact = f, int64(len(out)), int64(len(out))
+	s.broken = false
 	return nil
 }
 

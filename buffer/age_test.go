@@ -70,11 +70,13 @@ func TestMaxAge(t *testing.T) {
 	}
 
 	// Everything is old, the newest segment too: it is cut, so the
-	// records go and the next seq stays.
+	// records go and the next seq stays. Records 21..35 were handed out by
+	// the Scan above: they are the consumer's to deliver, not counted as
+	// dropped.
 	clock.advance(2 * time.Hour)
 	l.expire()
 	st = l.Stats()
-	if st.Dropped != 18+15 || st.Records != 0 || st.NextSeq != 36 || st.Segments != 1 || !st.OldestTime.IsZero() {
+	if st.Dropped != 18 || st.Records != 0 || st.NextSeq != 36 || st.Segments != 1 || !st.OldestTime.IsZero() {
 		t.Fatalf("after expiring everything: %+v", st)
 	}
 	if err := l.Close(); err != nil {

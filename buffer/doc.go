@@ -27,7 +27,7 @@
 // # Directory layout
 //
 //	<dir>/00000000000000000001.seg     segments, named %020d after the seq of their first record
-//	<dir>/cursor                       commit cursor (written as cursor.tmp, fsync, rename, fsync dir)
+//	<dir>/cursor                       commit cursor (created once as cursor.tmp, fsync, rename, fsync dir; then rewritten in place)
 //	<dir>/LOCK                         flock(2) held while the log is open
 //	<dir>/corrupt/                     corrupt bytes and loss records (see Recovery), never deleted by the log
 //
@@ -61,21 +61,44 @@
 //
 // # Cursor format
 //
-//	0  8 magic "FRYCUR01"
+// The cursor file is 1024 bytes: two slots, at offsets 0 and 512 (different
+// disk sectors), each a version 2 cursor record:
+//
+//	0  8 magic "FRYCUR02"
 //	8  8 cursor: the first seq not yet acknowledged
-//	16 4 CRC-32C over bytes 0..16
+//	16 8 next-seq floor: 0, or the seq the next record gets at least
+//	     (seqs given up by Skip and not yet followed by a record)
+//	24 4 CRC-32C over bytes 0..24
+//
+// The file is created once (at Open, as cursor.tmp, fsync, rename, fsync
+// dir) and then rewritten in place: each write puts the new record in the
+// slot not holding the newest one (pwrite) and fdatasyncs. It needs no new
+// disk space and no directory change, so it works on a full disk, and a
+// torn write leaves the other slot, one write older, intact. The valid slot
+// with the highest cursor wins. Earlier builds wrote one version 1 record
+// (20 bytes: magic "FRYCUR01", cursor, CRC-32C over 0..16, as
+// testdata/format-v2.cursor); it is read as slot 0 and rewritten in place.
 //
 // A missing or damaged cursor file is logged and treated as "nothing acked":
 // delivery restarts at the oldest retained record. At open the next seq is
-// max(last valid seq in the newest segment + 1, newest segment's base, cursor),
-// so seqs are not reused even when every segment is empty.
+// max(last valid seq in the newest segment + 1, newest segment's base, cursor,
+// next-seq floor), so seqs are not reused even when every segment is empty.
 //
 // The cursor is written by the background goroutine at most every
 // Options.CursorInterval (default 1 s) while it moves, and by [Log.Sync]
-// and [Log.Close]; each write costs two fsyncs (file and directory), so a
-// busy consumer costs at most 10 cursor writes a second, not one per ack.
-// After a crash up to CursorInterval of acks are lost: those records are
-// delivered again.
+// and [Log.Close]; each write costs one fdatasync, so a busy consumer costs
+// at most one cursor write per interval, not one per ack. After a crash up
+// to CursorInterval of acks are lost: those records are delivered again.
+//
+// # Holes
+//
+// Seqs without a record (given up by [Log.Skip], lost to corruption or with
+// a lost segment file) are holes: the cursor steps over them as if they
+// were acknowledged. Holes this process made are known at once; those of
+// earlier runs are found by Open (in the newest segment) and by Scan as it
+// first reads each older segment, before it hands out the records after
+// them. Acks past a hole wider than AckWindow are accepted as long as the
+// records in between fit the window.
 //
 // # Durability
 //
@@ -100,11 +123,24 @@
 // wrapped with the file name, the file is truncated back to its last good
 // size and no seq is consumed (with SyncAlways, every Append of the failed
 // group write gets the error). The log stays usable: the next Append tries
-// again, and succeeds once there is room. Nothing is dropped to make room:
-// the size cap (MaxBytes) is the policy for a full buffer, and it should be
-// set below the free space of the file system. Every failed write, fsync,
-// segment creation and cursor write counts in [Stats].WriteErrors; callers
-// count their failed appends (records lost) themselves. If an fsync fails
+// again, and succeeds once there is room. Nothing unacknowledged is dropped
+// to make room: the size cap (MaxBytes) is the policy for a full buffer,
+// and it should be set below the free space of the file system. Every
+// failed write, fsync, segment creation and cursor write counts in
+// [Stats].WriteErrors; [Stats].WriteFailing (and DiskFull for ENOSPC, with
+// FailingSince) is set from a failed segment write until the next
+// successful one. Callers that give up records call [Log.Skip] so that the
+// loss shows as a gap in the seqs (counted in [Stats].Skipped).
+//
+// The log frees acknowledged space by itself: acknowledged segments are
+// deleted after a cursor write, which needs no new space (see Cursor
+// format). While segment writes fail and every record is acknowledged, the
+// newest segment is sealed (a new empty segment, named after the next seq,
+// keeps it) and deleted too, so appends work again once the consumer has
+// caught up. If the cursor cannot be written while segment writes fail,
+// acknowledged segments are deleted anyway and the cursor write is retried
+// in the space they left; a crash before it succeeds reports those
+// (delivered) records as missing at the next Open, never sends them again. If an fsync fails
 // under SyncAlways, Append returns the error although the records were
 // written and are visible to Scan: a retry then duplicates them
 // (at-least-once). A failing background fsync or cursor write is logged once
@@ -143,8 +179,10 @@
 //
 // With Options.MaxBytes set, after an Append that makes the segments exceed
 // it, the oldest whole segments (never the newest) are dropped, acked or not,
-// the cursor is moved past them, the unacked records they held are counted
-// in [Stats].Dropped, and one warning is logged per event. With
+// the cursor is moved past them, the records they held that Scan had not
+// yet handed out are counted in [Stats].Dropped (records already handed out
+// are the consumer's: it delivers and acks them), and one warning is logged
+// per event. With
 // Options.MaxAge set, the background goroutine drops, the same way, the
 // oldest segments whose newest record was appended more than MaxAge ago
 // (also counted in [Stats].Expired); when even the newest segment is that

@@ -5,7 +5,8 @@ import (
 	"os"
 )
 
-// File is the storage of one segment file, as Options.OpenFile returns it.
+// File is the storage of one segment file or of the cursor file, as
+// Options.OpenFile returns it.
 // Its main purpose is letting tests inject faults (short writes, ENOSPC,
 // failing fsync): see package buffertest.
 type File interface {
@@ -22,12 +23,12 @@ type segmentFile = File
 // openFunc opens a segment file; flag is passed to os.OpenFile.
 type openFunc = func(path string, flag int) (File, error)
 
-// OpenOSFile is the default Options.OpenFile: os.OpenFile with mode 0644,
+// OpenOSFile is the default Options.OpenFile: os.OpenFile with mode 0640,
 // and Sync is fdatasync on Linux.
 func OpenOSFile(path string, flag int) (File, error) { return openOSFile(path, flag) }
 
 func openOSFile(path string, flag int) (File, error) {
-	f, err := os.OpenFile(path, flag, 0o644)
+	f, err := os.OpenFile(path, flag, 0o640)
 	if err != nil {
 		return nil, err
 	}

@@ -121,8 +121,8 @@ func FuzzFrame(f *testing.F) {
 // read back.
 func FuzzOpenDir(f *testing.F) {
 	seg := validSegment(1, 4)
-	var cur [cursorSize]byte
-	copy(cur[:], cursorMagic)
+	var cur [cursorSizeV1]byte // version 1
+	copy(cur[:], cursorMagicV1)
 	cur[8] = 3
 	binary.LittleEndian.PutUint32(cur[16:], crc32.Checksum(cur[:16], castagnoli))
 	// Encoding: a sequence of entries: kind byte, name/base byte, 2-byte
@@ -132,6 +132,10 @@ func FuzzOpenDir(f *testing.F) {
 	}
 	f.Add(entry(0, 1, seg))
 	f.Add(append(entry(0, 1, seg), entry(1, 0, cur[:])...))
+	cur2 := make([]byte, cursorFile) // version 2, two slots, skipped seqs
+	copy(cur2, encodeCursor(cursorState{acked: 2, next: 9}))
+	copy(cur2[cursorStride:], encodeCursor(cursorState{acked: 3, next: 9}))
+	f.Add(append(entry(0, 1, seg), entry(1, 0, cur2)...))
 	f.Add(append(append(entry(0, 1, seg[:50]), entry(0, 9, validSegment(9, 2))...), entry(3, 7, []byte("x"))...))
 	f.Add(append(entry(0, 5, seg), entry(2, 0, []byte("junk"))...))
 	f.Fuzz(fuzzOpenDir)
@@ -192,8 +196,10 @@ func fuzzOpenDir(t *testing.T, in []byte) {
 			if round == 1 && want <= appended {
 				t.Fatalf("NextSeq %d after reopen, %d was appended", want, appended)
 			}
+			// NextSeq does not count seqs skipped (cursor file) and not
+			// yet consumed: the Append may start higher.
 			first, err := l.Append([]byte("after"))
-			if err != nil || first != want {
+			if err != nil || first < want {
 				t.Fatalf("Append = %d, %v; want %d", first, err, want)
 			}
 			appended = first

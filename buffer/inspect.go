@@ -23,7 +23,7 @@ type Summary struct {
 	AckedSeq  uint64
 	CursorErr string
 	OldestSeq uint64 // seq of the oldest valid record, 0 if none
-	NextSeq   uint64 // seq after the newest valid record, or the cursor if larger
+	NextSeq   uint64 // seq after the newest valid record, or the cursor (or its next-seq floor) if larger
 	Records   uint64 // valid records, acked or not
 	Unacked   uint64 // valid records at or after AckedSeq: the depth
 	// UnackedBytes is the size of the frames of the unacked records.
@@ -76,7 +76,8 @@ func Inspect(dir string, fn func(Record) error) (Summary, error) {
 	if sum.Live, err = lockHeld(filepath.Join(dir, "LOCK")); err != nil {
 		return sum, fmt.Errorf("buffer: %w", err)
 	}
-	cursor, err := readCursor(dir)
+	cs, err := readCursor(dir)
+	cursor := cs.acked
 	haveCursor := err == nil
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -199,7 +200,7 @@ func Inspect(dir string, fn func(Record) error) (Summary, error) {
 			sum.Corrupt += nextBase - prev - 1
 		}
 	}
-	sum.NextSeq = max(next, sum.AckedSeq)
+	sum.NextSeq = max(next, sum.AckedSeq, cs.next)
 	if len(segs) > 0 {
 		sum.NextSeq = max(sum.NextSeq, segs[len(segs)-1].base)
 	}

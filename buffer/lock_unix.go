@@ -18,7 +18,7 @@ const lockRetry = 250 * time.Millisecond
 // lockDir takes an exclusive flock on path so two processes (or two Logs in
 // one process) cannot use the same directory.
 func lockDir(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return nil, err
 	}

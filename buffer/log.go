@@ -11,6 +11,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -92,7 +93,8 @@ type Options struct {
 	// errors. If nil, nothing is logged.
 	Logger *slog.Logger
 
-	// OpenFile opens segment files. If nil, os.OpenFile. Tests replace it
+	// OpenFile opens segment files and the cursor file. If nil,
+	// OpenOSFile. Tests replace it
 	// to inject faults (see package buffertest).
 	OpenFile func(path string, flag int) (File, error)
 
@@ -105,7 +107,7 @@ type Options struct {
 // at zero with every Open.
 type Stats struct {
 	// Gauges.
-	Records uint64 // depth: appended but not yet committed, NextSeq - AckedSeq
+	Records uint64 // depth: appended but not yet committed (NextSeq - AckedSeq less skipped seqs)
 	Bytes   int64  // size of the retained segment files (acked records included until their segment is deleted)
 	// PendingBytes is the size of the frames of the uncommitted records,
 	// to within one sparse index step (16 KiB; never less than the truth).
@@ -138,6 +140,15 @@ type Stats struct {
 	// Options.CursorInterval in the background).
 	CursorWrites uint64
 	Fsync        FsyncStats
+	// Skipped counts seqs given up by Skip since Open (readings that could
+	// not be stored; consumers see them as gaps).
+	Skipped uint64
+	// WriteFailing is true from a failed segment write (or segment
+	// creation) until the next successful one, since FailingSince;
+	// DiskFull when the last failure was ENOSPC.
+	WriteFailing bool
+	DiskFull     bool
+	FailingSince time.Time
 }
 
 // FsyncBuckets are the upper bounds of the fsync latency histogram.
@@ -263,9 +274,30 @@ type Log struct {
 
 	pending []*segment // dropped segments, deleted after the next cursor write
 
-	dropped, expired, corrupt, writeErrors atomic.Uint64
-	appended, committed, cursorWrites      atomic.Uint64
-	fsyncs                                 fsyncHist
+	// Seqs without a record. gap is the number of seqs given up by Skip
+	// and not yet consumed: the next Append consumes them before its
+	// records. gholes are the ranges consumed by Appends whose frames are
+	// in gbuf (ggap seqs in all); once written they move to holes, the
+	// known ranges above the cursor, which the cursor steps over (Scan and
+	// recovery add those they find in the files: skipped seqs of an
+	// earlier run, corrupt records, lost segments).
+	gap      uint64
+	gholes   []span
+	ggap     uint64
+	holes    []span              // sorted, disjoint, above acked
+	overflow map[uint64]struct{} // acks beyond AckWindow past a hole
+
+	scanned uint64 // seq after the newest record Scan has handed out
+
+	// Write failures: failing is set by a failed segment write or creation
+	// and cleared by the next successful write; diskFull when the last
+	// failure was ENOSPC; failingSince is when the episode started.
+	failing, diskFull bool
+	failingSince      time.Time
+
+	dropped, expired, corrupt, writeErrors, skipped atomic.Uint64
+	appended, committed, cursorWrites               atomic.Uint64
+	fsyncs                                          fsyncHist
 
 	corruptMu   sync.Mutex
 	corruptSeen map[string]bool // keys of corruptions already recorded in corrupt/
@@ -275,8 +307,11 @@ type Log struct {
 	rd     segReader // keeps its buffer across Scans of rdSeg
 	rdSeg  *segment
 
-	cursorMu  sync.Mutex    // serialises checkpoints
-	persisted atomic.Uint64 // cursor value last written (0: none); written under cursorMu
+	cursorMu      sync.Mutex    // serialises checkpoints; guards cur and curSlot
+	persisted     atomic.Uint64 // cursor value last written (0: none); written under cursorMu
+	persistedNext atomic.Uint64 // next-seq floor last written; written under cursorMu
+	cur           File          // the cursor file, open for in-place writes (nil: not created yet)
+	curSlot       int           // the slot of cur written last
 
 	notify chan struct{}
 	kick   chan struct{}
@@ -318,7 +353,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("buffer: %w", err)
 	}
 	lock, err := lockDir(filepath.Join(dir, "LOCK"))
@@ -341,6 +376,9 @@ func Open(dir string, opts Options) (*Log, error) {
 			if s.f != nil {
 				s.f.Close()
 			}
+		}
+		if l.cur != nil {
+			l.cur.Close()
 		}
 		lock.Close()
 		return nil, fmt.Errorf("buffer: open %s: %w", dir, err)
@@ -390,6 +428,7 @@ func (l *Log) Append(recs ...[]byte) (first uint64, err error) {
 			s.broken = false
 		} else if s.size == 0 {
 			l.writeErrors.Add(1)
+			l.writeFailedLocked(err)
 			l.mu.Unlock()
 			return 0, fmt.Errorf("buffer: truncate %s: %w", s.path, err)
 		}
@@ -397,10 +436,21 @@ func (l *Log) Append(recs ...[]byte) (first uint64, err error) {
 	if logical := s.size + int64(len(l.gbuf)); s.broken || (logical > 0 && logical+int64(size) > l.opts.SegmentBytes) {
 		if err := l.cutLocked(); err != nil {
 			l.writeErrors.Add(1)
+			l.writeFailedLocked(err)
 			l.mu.Unlock()
 			return 0, err
 		}
 		s = l.active()
+		first = l.next
+	}
+	if l.gap > 0 {
+		// Seqs given to readings that could not be stored (Skip) come
+		// before these records, in the same segment: consumers see the gap.
+		l.gholes = append(l.gholes, span{l.next, l.next + l.gap})
+		l.next += l.gap
+		l.gcount += l.gap
+		l.ggap += l.gap
+		l.gap = 0
 		first = l.next
 	}
 
@@ -511,8 +561,10 @@ func (l *Log) flushLocked() error {
 			l.logger.Warn("buffer: cannot truncate after failed write", "segment", s.path, "err", terr)
 		}
 		l.writeErrors.Add(1)
+		l.writeFailedLocked(err)
 		l.next -= l.gcount
-		l.appended.Add(-l.gcount)
+		l.appended.Add(-(l.gcount - l.ggap))
+		l.gap += l.ggap // consumed again by the next Append
 		l.resetPendingLocked()
 		ferr := &flushError{fmt.Errorf("buffer: append to %s: %w", s.path, err)}
 		if grp != nil {
@@ -525,6 +577,16 @@ func (l *Log) flushLocked() error {
 	s.scanOff = s.size
 	s.scanPrev = l.next - 1
 	l.total += int64(len(buf))
+	if l.failing {
+		l.failing, l.diskFull, l.failingSince = false, false, time.Time{}
+		l.logger.Info("buffer: segment writes work again", "segment", s.path)
+	}
+	if len(l.gholes) > 0 {
+		for _, h := range l.gholes {
+			l.addHoleLocked(h)
+		}
+		l.settleLocked()
+	}
 	l.resetPendingLocked()
 	if l.opts.MaxBytes > 0 && l.total > l.opts.MaxBytes {
 		l.enforceCapLocked()
@@ -543,6 +605,19 @@ func (l *Log) resetPendingLocked() {
 	l.gbuf = l.gbuf[:0]
 	l.gidx = l.gidx[:0]
 	l.gcount = 0
+	l.gholes = l.gholes[:0]
+	l.ggap = 0
+}
+
+// writeFailedLocked records a failed segment write or creation: appends
+// fail until one succeeds. The background goroutine is woken so that it
+// can reclaim fully acknowledged space (see checkpoint).
+func (l *Log) writeFailedLocked(err error) {
+	if !l.failing {
+		l.failing, l.failingSince = true, time.Now()
+	}
+	l.diskFull = errors.Is(err, syscall.ENOSPC)
+	l.kickBackground()
 }
 
 // cutLocked fsyncs and seals the active segment and starts a new one whose
@@ -662,12 +737,19 @@ func (l *Log) expire() {
 // dropOldestLocked drops the oldest segment (not the newest), moving the
 // cursor past it. Its file is deleted by the next checkpoint, after the
 // cursor is written, so a crash cannot leave the persisted cursor below the
-// oldest segment file. It returns the number of uncommitted records dropped
-// and their range.
+// oldest segment file. It returns the number of records dropped that the
+// consumer never got, and their range: records Scan has already handed out
+// are in the consumer's hands (it delivers and acks them), and known holes
+// are not records.
 func (l *Log) dropOldestLocked() (dropped, lo, hi uint64) {
 	s, nextBase := l.segs[0], l.segs[1].base
-	if from := max(s.base, l.acked); nextBase > from {
+	if from := max(s.base, l.acked, l.scanned); nextBase > from {
 		dropped, lo, hi = nextBase-from, from, nextBase-1
+		for _, h := range l.holes {
+			if h.lo < nextBase && h.hi > from {
+				dropped -= min(h.hi, nextBase) - max(h.lo, from)
+			}
+		}
 	}
 	if nextBase > l.acked {
 		l.advanceAckedLocked(nextBase)
@@ -852,6 +934,8 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 		}
 		r.f, r.end = s.f, end
 		var newIdx []indexEntry
+		var newHoles []span
+		var handed uint64 // seq after the last record given to fn
 		var ferr, ioErr error
 		full, tailReported := false, false
 		for off < end {
@@ -884,6 +968,11 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 				continue
 			}
 			if off == front {
+				if seq > frontPrev+1 {
+					// Seqs without a record (skipped, or lost to
+					// corruption): the cursor steps over them.
+					newHoles = append(newHoles, span{frontPrev + 1, seq})
+				}
 				front, frontPrev = off+n, seq
 				if ts != 0 {
 					frontTS = ts
@@ -901,6 +990,7 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 				}
 				visited++
 				from = seq + 1
+				handed = from
 			}
 			prev = seq
 			off += n
@@ -918,7 +1008,12 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 		}
 
 		l.mu.Lock()
+		holes := false
 		if front > oldFront && s.scanOff == oldFront {
+			for _, h := range newHoles {
+				l.addHoleLocked(h)
+				holes = true
+			}
 			s.idx = append(s.idx, newIdx...)
 			s.scanOff, s.scanPrev = front, frontPrev
 			if front == end && sealed && frontTS != 0 {
@@ -926,7 +1021,17 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 			}
 		}
 		if front == end && sealed && ioErr == nil {
+			if !gapChecked && nextBase > frontPrev+1 {
+				l.addHoleLocked(span{frontPrev + 1, nextBase})
+				holes = true
+			}
 			s.gapChecked = true
+		}
+		if holes {
+			l.settleLocked()
+		}
+		if handed > l.scanned {
+			l.scanned = handed
 		}
 		old := l.cache.seg
 		if ferr == nil && ioErr == nil {
@@ -988,22 +1093,109 @@ func (l *Log) Ack(seq uint64) error {
 	if seq >= l.next {
 		return fmt.Errorf("ack %d (next seq is %d): %w", seq, l.next, ErrNotAppended)
 	}
-	if seq-l.acked >= AckWindow {
-		return fmt.Errorf("ack %d (cursor is %d): %w", seq, l.acked, ErrAckWindow)
+	if l.holeAtLocked(seq) {
+		return nil // no record: nothing to acknowledge
 	}
-	if seq != l.acked {
-		l.acks.set(seq)
+	if seq-l.acked >= AckWindow {
+		// Allowed only past holes (skipped seqs): the records in between
+		// still fit the window. Kept aside until the cursor gets near.
+		if seq-l.acked-l.holesBelowLocked(seq) >= AckWindow {
+			return fmt.Errorf("ack %d (cursor is %d): %w", seq, l.acked, ErrAckWindow)
+		}
+		if l.overflow == nil {
+			l.overflow = make(map[uint64]struct{})
+		}
+		l.overflow[seq] = struct{}{}
 		return nil
 	}
-	n := seq + 1
-	for n < l.next && l.acks.test(n) {
-		l.acks.clear(n)
-		n++
+	l.acks.set(seq)
+	if seq == l.acked {
+		l.settleLocked()
 	}
-	l.committed.Add(n - l.acked)
-	l.acked = n
-	l.kickBackground()
 	return nil
+}
+
+// span is the seqs [lo, hi).
+type span struct{ lo, hi uint64 }
+
+// addHoleLocked records seqs that have no record, so that the cursor steps
+// over them. Call settleLocked afterwards.
+func (l *Log) addHoleLocked(h span) {
+	h.lo = max(h.lo, l.acked)
+	if h.lo >= h.hi {
+		return
+	}
+	i := sort.Search(len(l.holes), func(i int) bool { return l.holes[i].hi >= h.lo })
+	j := i
+	for j < len(l.holes) && l.holes[j].lo <= h.hi {
+		h.lo, h.hi = min(h.lo, l.holes[j].lo), max(h.hi, l.holes[j].hi)
+		j++
+	}
+	l.holes = append(l.holes[:i], append([]span{h}, l.holes[j:]...)...)
+}
+
+// holeAtLocked reports whether seq is a known hole.
+func (l *Log) holeAtLocked(seq uint64) bool {
+	i := sort.Search(len(l.holes), func(i int) bool { return l.holes[i].hi > seq })
+	return i < len(l.holes) && l.holes[i].lo <= seq
+}
+
+// holesBelowLocked returns the number of hole seqs between the cursor and seq.
+func (l *Log) holesBelowLocked(seq uint64) uint64 {
+	var n uint64
+	for _, h := range l.holes {
+		if h.lo >= seq {
+			break
+		}
+		if h.hi <= l.acked {
+			continue
+		}
+		n += min(h.hi, seq) - max(h.lo, l.acked)
+	}
+	return n
+}
+
+// settleLocked moves the cursor over acknowledged seqs and holes.
+func (l *Log) settleLocked() {
+	n := l.acked
+	var committed uint64
+	for {
+		for len(l.holes) > 0 && l.holes[0].hi <= n {
+			l.holes = l.holes[1:]
+		}
+		if n < l.next {
+			if len(l.holes) > 0 && l.holes[0].lo <= n {
+				n = l.holes[0].hi
+				continue
+			}
+			if l.acks.test(n) {
+				l.acks.clear(n)
+				n++
+				committed++
+				continue
+			}
+		}
+		// Acks kept aside past a hole enter the window once it covers them.
+		moved := false
+		for q := range l.overflow {
+			switch {
+			case q < n:
+				delete(l.overflow, q)
+			case q-n < AckWindow:
+				l.acks.set(q)
+				delete(l.overflow, q)
+				moved = true
+			}
+		}
+		if !moved {
+			break
+		}
+	}
+	if n != l.acked {
+		l.committed.Add(committed)
+		l.acked = n
+		l.kickBackground()
+	}
 }
 
 // advanceAckedLocked moves the cursor to at least n, forgetting acks below it.
@@ -1015,11 +1207,37 @@ func (l *Log) advanceAckedLocked(n uint64) {
 			l.acks.clear(s)
 		}
 	}
-	for n < l.next && l.acks.test(n) {
-		l.acks.clear(n)
-		n++
-	}
 	l.acked = n
+	l.settleLocked()
+}
+
+// Skip gives up n seqs for readings that could not be stored (a full disk,
+// a record too large): the next appended record's seq is n higher, so a
+// consumer sees a gap of n where the readings would have been. The skip is
+// persisted with the next record, or by the next cursor write (background,
+// Sync, Close) if none follows. Counted in Stats().Skipped.
+func (l *Log) Skip(n uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	if n == 0 {
+		return nil
+	}
+	l.gap += n
+	l.skipped.Add(n)
+	l.kickBackground()
+	return nil
+}
+
+// floorLocked returns the next-seq floor the cursor file must record: 0
+// unless skipped seqs are not yet followed by a written record.
+func (l *Log) floorLocked() uint64 {
+	if l.gap+l.ggap == 0 {
+		return 0
+	}
+	return l.next - l.gcount + l.ggap + l.gap
 }
 
 // Acked returns the commit cursor: the first seq not yet committed (equal to
@@ -1031,7 +1249,9 @@ func (l *Log) Acked() uint64 {
 	return l.acked
 }
 
-// NextSeq returns the seq the next appended record will get.
+// NextSeq returns the seq the next appended record will get, unless seqs
+// skipped by Skip are still pending (then it gets NextSeq plus those): the
+// cursor reaches NextSeq when everything appended is acknowledged.
 func (l *Log) NextSeq() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -1062,7 +1282,11 @@ func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := Stats{
-		Records:      l.next - l.acked,
+		Records:      l.next - l.acked - l.holesBelowLocked(l.next),
+		Skipped:      l.skipped.Load(),
+		WriteFailing: l.failing,
+		DiskFull:     l.diskFull,
+		FailingSince: l.failingSince,
 		Bytes:        l.total,
 		Segments:     len(l.segs),
 		Appended:     l.appended.Load(),
@@ -1152,6 +1376,14 @@ func (l *Log) Close() error {
 	l.cache = scanPos{}
 	l.rd, l.rdSeg = segReader{}, nil
 	l.mu.Unlock()
+	l.cursorMu.Lock()
+	if l.cur != nil {
+		if cerr := l.cur.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("buffer: close cursor: %w", cerr))
+		}
+		l.cur = nil
+	}
+	l.cursorMu.Unlock()
 	if cerr := l.lock.Close(); cerr != nil {
 		err = errors.Join(err, cerr)
 	}
@@ -1195,7 +1427,8 @@ func (l *Log) run() {
 			needSync := l.opts.Sync == SyncBatch && l.synced < l.next
 			target := l.next
 			needCursor := l.acked != l.persisted.Load() || len(l.pending) > 0 ||
-				(len(l.segs) > 1 && l.segs[1].base <= l.persisted.Load())
+				(len(l.segs) > 1 && l.segs[1].base <= l.persisted.Load()) ||
+				l.floorLocked() != l.persistedNext.Load() || l.reclaimableLocked()
 			l.mu.Unlock()
 			if !needSync && !needCursor {
 				break
@@ -1251,25 +1484,33 @@ func (l *Log) logFailure(op string, err error, failing bool) bool {
 
 // checkpoint writes the cursor if it moved, then deletes the segments
 // dropped by the size cap or MaxAge and those whose records are all below
-// the persisted cursor (never the newest one).
+// the persisted cursor. The newest segment is never deleted; but while
+// segment writes fail (a full disk) and every record is acknowledged, it is
+// sealed first (a new, empty segment keeps the next seq) so that its space
+// comes back. The cursor is rewritten in place and needs no new space; if
+// writing it fails anyway while segment writes fail, the acknowledged
+// segments are deleted all the same (they were delivered; a crash before
+// the cursor is written again would report them as missing, never send
+// them twice) and the cursor write is retried in the space they left.
 func (l *Log) checkpoint() error {
 	l.cursorMu.Lock()
 	defer l.cursorMu.Unlock()
 	l.mu.Lock()
-	c := l.acked
+	c := cursorState{acked: l.acked, next: l.floorLocked()}
 	pending := l.pending
 	l.pending = nil
 	l.mu.Unlock()
-	if c != l.persisted.Load() {
-		if err := writeCursor(l.dir, c); err != nil {
-			l.writeErrors.Add(1)
-			l.mu.Lock()
+	werr := l.persist(c)
+	if werr != nil {
+		l.mu.Lock()
+		force := l.failing
+		if !force {
 			l.pending = append(pending, l.pending...)
-			l.mu.Unlock()
-			return fmt.Errorf("buffer: %w", err)
 		}
-		l.persisted.Store(c)
-		l.cursorWrites.Add(1)
+		l.mu.Unlock()
+		if !force {
+			return werr
+		}
 	}
 	for _, s := range pending {
 		if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -1277,17 +1518,54 @@ func (l *Log) checkpoint() error {
 		}
 	}
 	n := len(pending)
+	var rerr error
 	l.mu.Lock()
-	for len(l.segs) > 1 && l.segs[1].base <= c {
+	if l.reclaimableLocked() && c.acked == l.next {
+		a := l.active()
+		if err := l.cutLocked(); err != nil {
+			l.writeErrors.Add(1)
+			rerr = fmt.Errorf("buffer: seal acknowledged segment %s to free its space: %w", a.path, err)
+		} else {
+			l.logger.Warn("buffer: writes fail and every record is acknowledged: deleting the newest segment to free its space",
+				"segment", a.path, "bytes", a.size, "disk_full", l.diskFull)
+		}
+	}
+	for len(l.segs) > 1 && l.segs[1].base <= c.acked {
 		l.removeOldestLocked()
 		n++
 	}
 	l.mu.Unlock()
 	if n > 0 {
 		if err := syncDir(l.dir); err != nil {
-			return fmt.Errorf("buffer: sync dir %s: %w", l.dir, err)
+			return errors.Join(werr, rerr, fmt.Errorf("buffer: sync dir %s: %w", l.dir, err))
 		}
 	}
+	if werr != nil && n > 0 {
+		werr = l.persist(c)
+	}
+	return errors.Join(werr, rerr)
+}
+
+// reclaimableLocked reports whether the newest segment should be sealed so
+// that it can be deleted: segment writes fail, it holds records, and all of
+// them are acknowledged and written.
+func (l *Log) reclaimableLocked() bool {
+	return l.failing && !l.closed && len(l.gbuf) == 0 && l.acked == l.next && l.active().size > 0
+}
+
+// persist writes c to the cursor file if it differs from what is there.
+// cursorMu held.
+func (l *Log) persist(c cursorState) error {
+	if c.acked == l.persisted.Load() && c.next == l.persistedNext.Load() && l.cur != nil {
+		return nil
+	}
+	if err := l.writeCursor(c); err != nil {
+		l.writeErrors.Add(1)
+		return fmt.Errorf("buffer: %w", err)
+	}
+	l.persisted.Store(c.acked)
+	l.persistedNext.Store(c.next)
+	l.cursorWrites.Add(1)
 	return nil
 }
 

@@ -33,11 +33,13 @@ func (l *Log) recover() error {
 	if err := l.loadCorruptRecords(); err != nil {
 		return err
 	}
-	cursor, err := readCursor(l.dir)
+	cs, err := l.openCursor()
+	cursor := cs.acked
 	haveCursor := err == nil
 	switch {
 	case err == nil:
 		l.persisted.Store(cursor)
+		l.persistedNext.Store(cs.next)
 	case errors.Is(err, os.ErrNotExist):
 	case errors.Is(err, errBadCursor):
 		l.logger.Warn("buffer: cursor file is damaged; redelivering from the oldest record", "err", err)
@@ -95,6 +97,11 @@ func (l *Log) recover() error {
 		// Only possible for an empty newest segment behind the cursor.
 		last.scanPrev = l.next - 1
 	}
+	if cs.next > l.next {
+		// Seqs skipped (Skip) and not followed by a record before the
+		// restart: the next Append consumes them.
+		l.gap = cs.next - l.next
+	}
 	for _, s := range l.segs {
 		l.total += s.size
 	}
@@ -105,10 +112,25 @@ func (l *Log) recover() error {
 		// cursor is written before dropped segments are deleted, so this is
 		// not the size cap). Count them once: the cursor is moved now.
 		l.reportMissing(l.segs[0], l.segs[0].base-cursor)
-		if err := writeCursor(l.dir, l.acked); err != nil {
+		if err := l.writeCursor(cursorState{acked: l.acked, next: l.floorLocked()}); err != nil {
 			return err
 		}
 		l.persisted.Store(l.acked)
+		l.persistedNext.Store(l.floorLocked())
+	}
+	l.settleLocked() // over holes found in the newest segment
+	if l.cur == nil {
+		// Create the cursor file now, while there is likely room: later
+		// writes rewrite it in place and need no new space.
+		c := cursorState{acked: l.acked, next: l.floorLocked()}
+		if err := l.writeCursor(c); err != nil {
+			l.writeErrors.Add(1)
+			l.logger.Warn("buffer: cannot create the cursor file; will retry", "err", err)
+		} else {
+			l.persisted.Store(c.acked)
+			l.persistedNext.Store(c.next)
+			l.cursorWrites.Add(1)
+		}
 	}
 	for len(l.segs) > 1 && l.segs[1].base <= l.persisted.Load() {
 		l.removeOldestLocked()
@@ -148,6 +170,9 @@ func (l *Log) recoverLast(s *segment) error {
 			return fmt.Errorf("read %s: %w", s.path, err)
 		}
 		if bad == nil {
+			if seq > prev+1 {
+				l.holes = append(l.holes, span{prev + 1, seq})
+			}
 			if len(s.idx) == 0 || off-s.idx[len(s.idx)-1].off >= indexEvery {
 				s.idx = append(s.idx, indexEntry{seq: seq, off: off, ts: ts})
 			}
@@ -334,7 +359,7 @@ func (l *Log) reportMissing(s *segment, missing uint64) {
 // overwritten: a suffix is added.
 func (l *Log) setAside(s *segment, where string, records uint64, b []byte) string {
 	dir := filepath.Join(l.dir, corruptDir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		l.logger.Warn("buffer: cannot set corrupt bytes aside", "dir", dir, "err", err)
 		return ""
 	}
@@ -361,7 +386,7 @@ func (l *Log) setAside(s *segment, where string, records uint64, b []byte) strin
 }
 
 func writeFileSync(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ package buffertest
 
 import (
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 
@@ -37,6 +38,11 @@ type Faults struct {
 	// would grow the files opened through OpenFile (those still existing)
 	// beyond it, in total, fails with ENOSPC after writing what fits.
 	Capacity int64
+	// Only, if set, is a pattern (path/filepath.Match) on the base name
+	// of files: Write, Truncate, Sync and Create apply only to the files
+	// it matches ("cursor*" for the cursor file, "*.seg" for segments).
+	// Capacity applies to every file.
+	Only string
 
 	used  map[string]int64 // size of each file, for Capacity
 	calls Calls
@@ -61,7 +67,7 @@ func (f *Faults) Set(fn func(*Faults)) {
 // Clear removes every fault (the capacity too).
 func (f *Faults) Clear() {
 	f.Set(func(f *Faults) {
-		f.Write, f.Short, f.Truncate, f.Sync, f.Create, f.Capacity = nil, false, nil, nil, nil, 0
+		f.Write, f.Short, f.Truncate, f.Sync, f.Create, f.Capacity, f.Only = nil, false, nil, nil, nil, 0, ""
 	})
 }
 
@@ -78,7 +84,7 @@ func (f *Faults) OpenFile(path string, flag int) (buffer.File, error) {
 	f.mu.Lock()
 	f.calls.Opens++
 	cerr := f.Create
-	if cerr != nil && flag&os.O_CREATE != 0 {
+	if cerr != nil && flag&os.O_CREATE != 0 && f.applies(path) {
 		f.calls.Injected++
 		f.mu.Unlock()
 		return nil, &os.PathError{Op: "open", Path: path, Err: cerr}
@@ -99,6 +105,15 @@ func (f *Faults) OpenFile(path string, flag int) (buffer.File, error) {
 	return &faultyFile{File: file, path: path, ctl: f}, nil
 }
 
+// applies reports whether faults apply to the file at path; f.mu held.
+func (f *Faults) applies(path string) bool {
+	if f.Only == "" {
+		return true
+	}
+	ok, _ := filepath.Match(f.Only, filepath.Base(path))
+	return ok
+}
+
 type faultyFile struct {
 	buffer.File
 	path string
@@ -110,6 +125,9 @@ func (ff *faultyFile) WriteAt(p []byte, off int64) (int, error) {
 	f.mu.Lock()
 	f.calls.Writes++
 	werr, short := f.Write, f.Short
+	if !f.applies(ff.path) {
+		werr = nil
+	}
 	limit := len(p)
 	if werr == nil && f.Capacity > 0 {
 		var total int64
@@ -166,6 +184,9 @@ func (ff *faultyFile) Truncate(size int64) error {
 	f.mu.Lock()
 	f.calls.Truncates++
 	err := f.Truncate
+	if !f.applies(ff.path) {
+		err = nil
+	}
 	if err != nil {
 		f.calls.Injected++
 	}
@@ -189,6 +210,9 @@ func (ff *faultyFile) Sync() error {
 	f.mu.Lock()
 	f.calls.Syncs++
 	err := f.Sync
+	if !f.applies(ff.path) {
+		err = nil
+	}
 	if err != nil {
 		f.calls.Injected++
 	}

@@ -235,6 +235,7 @@ func (g *Gateway) stopDevicesAndPublisher(stopPolling context.CancelFunc, drainB
 	if pub != nil {
 		if drainBacklog {
 			drain(g.blog, pub.Publisher, g.opts.ShutdownGrace, g.logger)
+			g.statesStopped()
 		}
 		if err := pub.stop(); err != nil && !errors.Is(err, context.Canceled) {
 			g.logger.Error("mqtt publisher", "err", err)
@@ -296,6 +297,36 @@ func (g *Gateway) deviceState(device string, up bool, topic string, payload []by
 	if pub := g.pub.Load(); pub != nil {
 		pub.PublishState(topic, payload) // does not block
 	}
+}
+
+// statesStopped sets every device's retained status to "stopped" at a
+// clean shutdown, once polling has ended: the publisher publishes them
+// before its offline status, so a dashboard tells a device behind a
+// stopped gateway from one that is down. (A kill -9 leaves the last state;
+// the Will then says the gateway is offline.)
+func (g *Gateway) statesStopped() {
+	payload := stoppedPayload(time.Now())
+	g.statesMu.Lock()
+	defer g.statesMu.Unlock()
+	pub := g.pub.Load()
+	for name, st := range g.states {
+		if st.topic == "" {
+			continue
+		}
+		st.up, st.payload = false, payload
+		g.states[name] = st
+		if pub != nil {
+			pub.PublishState(st.topic, payload)
+		}
+	}
+}
+
+// stoppedPayload is the retained P/DEVICE/status of a clean stop:
+// {"state":"stopped","ts":"..."}.
+func stoppedPayload(ts time.Time) []byte {
+	b := append(make([]byte, 0, 64), `{"state":"stopped","ts":"`...)
+	b = ts.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z")
+	return append(b, `"}`...)
 }
 
 // deviceUp reports the last state a device reported.

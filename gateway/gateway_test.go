@@ -242,3 +242,54 @@ func TestMetricsListenBusy(t *testing.T) {
 		t.Fatal("Run waited for the context instead of failing at start")
 	}
 }
+
+// TestCleanStopStatus: after a clean stop, a fresh subscriber finds every
+// device's retained status "stopped" (not "up" behind a stopped gateway)
+// and the gateway's status offline.
+func TestCleanStopStatus(t *testing.T) {
+	broker := mosquittotest.Start(t)
+	g, err := New(twoDevices(t, broker.URL(), modbustest.New(t), modbustest.New(t)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := mosquittotest.Subscribe(t, broker.URL(), "ferry/gw/+/status", 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	for _, dev := range []string{"good", "hung"} {
+		if _, err := sub.WaitFor(20*time.Second, func(m mosquittotest.Message) bool {
+			return m.Topic == "ferry/gw/"+dev+"/status" && strings.Contains(string(m.Payload), `"state":"up"`)
+		}); err != nil {
+			cancel()
+			<-done
+			t.Fatalf("device %s never up: %v", dev, err)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+
+	fresh := mosquittotest.Subscribe(t, broker.URL(), "ferry/gw/#", 1)
+	msgs, err := fresh.WaitN(3, 10*time.Second)
+	if err != nil {
+		t.Fatalf("retained messages: %v (got %d)", err, len(msgs))
+	}
+	got := map[string]map[string]any{}
+	for _, m := range msgs {
+		var v map[string]any
+		if err := json.Unmarshal(m.Payload, &v); err != nil {
+			t.Fatalf("%s: %q: %v", m.Topic, m.Payload, err)
+		}
+		got[m.Topic] = v
+	}
+	for _, dev := range []string{"good", "hung"} {
+		v := got["ferry/gw/"+dev+"/status"]
+		if v["state"] != "stopped" || v["ts"] == nil {
+			t.Errorf("retained status of %s after a clean stop: %v, want state stopped with ts", dev, v)
+		}
+	}
+	if v := got["ferry/gw/status"]; v["online"] != false {
+		t.Errorf("retained gateway status after a clean stop: %v, want online false", v)
+	}
+}

@@ -35,6 +35,7 @@ func publisherConfig(cfg *config.Config, version string, logger *slog.Logger) (m
 		// The session store needs a directory of its own.
 		SessionDir:         filepath.Join(cfg.Gateway.StateDir, "mqtt"),
 		DeadLetterFile:     filepath.Join(cfg.Gateway.StateDir, "deadletter.jsonl"),
+		DeadLetterTopic:    m.TopicPrefix + "/deadletter",
 		DeadLetterAttempts: m.DeadLetterAttempts,
 		MaxReplayRate:      m.MaxReplayRate,
 		MessageExpiry:      m.MessageExpiry,

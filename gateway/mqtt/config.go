@@ -40,6 +40,10 @@ type Config struct {
 	// DeadLetterAttempts times (each line fsynced); they are then acked so
 	// one bad topic never holds up the stream. Empty retries them forever.
 	DeadLetterFile string
+	// DeadLetterTopic receives a notice (QoS 1, not retained) naming the
+	// seqs, topic and reason of dead-lettered records (see deadNotice);
+	// empty disables it. The gateway passes P/deadletter.
+	DeadLetterTopic string
 	// DeadLetterAttempts is the number of refused attempts (reason code >=
 	// 0x80) after which a record is dead-lettered; 0 means 5.
 	DeadLetterAttempts int
@@ -111,6 +115,9 @@ func (c *Config) setDefaults() error {
 	}
 	if strings.ContainsAny(c.StatusTopic, "+#\x00") {
 		return fmt.Errorf("mqtt: status topic %q: wildcards and NUL are not allowed", c.StatusTopic)
+	}
+	if strings.ContainsAny(c.DeadLetterTopic, "+#\x00") {
+		return fmt.Errorf("mqtt: dead-letter topic %q: wildcards and NUL are not allowed", c.DeadLetterTopic)
 	}
 	return nil
 }

@@ -142,7 +142,8 @@ type Publisher struct {
 	stateBell chan struct{}
 	wake      chan struct{} // wakes the sender: an ack, a failure, a connection
 	dl        *deadLetter
-	payloads  sync.Pool // *[]byte: payload buffers of delivered jobs
+	payloads  sync.Pool   // *[]byte: payload buffers of delivered jobs
+	refusals  *logLimiter // refusal and dead-letter log lines, per topic
 
 	mu        sync.Mutex
 	cli       *paho.Client  // nil while down
@@ -160,14 +161,16 @@ type Publisher struct {
 	// jmu guards the jobs in the session and the queues of jobs to send
 	// again. Held briefly; never across I/O.
 	jmu      sync.Mutex
-	pending  map[uint64]*job // in the session, awaiting completion
-	window   int             // max len(pending) on this connection
-	resend   []*job          // session lost: publish again first, in seq order
-	retry    []*job          // refused: publish again at due
-	dead     []*job          // refused too often: dead-letter
-	skip     map[uint64]bool // seqs handled at start (in flight or done)
-	skipTo   uint64          // no seq >= skipTo is in skip
-	nextRate time.Time       // replay pacing
+	pending  map[uint64]*job       // in the session, awaiting completion
+	window   int                   // max len(pending) on this connection
+	resend   []*job                // session lost: publish again first, in seq order
+	retry    []*job                // refused: publish again at due
+	dead     []*job                // refused too often: dead-letter
+	holds    map[string]*topicHold // topics refused for good: records dead-lettered unsent until the hold ends
+	notices  []deadNotice          // dead letters not yet announced on DeadLetterTopic
+	skip     map[uint64]bool       // seqs handled at start (in flight or done)
+	skipTo   uint64                // no seq >= skipTo is in skip
+	nextRate time.Time             // replay pacing
 
 	subMu sync.Mutex
 	subs  []subscription // see Subscribe (inbound.go)
@@ -190,6 +193,7 @@ type job struct {
 	due      time.Time
 	rc       byte
 	reason   string
+	held     bool // dead-lettered unsent: its topic was held (see fail)
 }
 
 type stateEntry struct {
@@ -238,6 +242,8 @@ func New(cfg Config, log Log) (*Publisher, error) {
 		pending:   map[uint64]*job{},
 		window:    cfg.MaxInflight,
 		skip:      map[uint64]bool{},
+		holds:     map[string]*topicHold{},
+		refusals:  newLogLimiter(logEvery),
 	}
 	if cfg.DeadLetterFile != "" {
 		p.dl = &deadLetter{path: cfg.DeadLetterFile}
@@ -361,9 +367,9 @@ func (p *Publisher) Run(ctx context.Context) error {
 	stateCtx, stateStop := context.WithCancel(connCtx)
 	defer stateStop()
 
-	var bg sync.WaitGroup
+	var bg, stateWG sync.WaitGroup
 	bg.Go(func() { p.connectionLoop(connCtx) })
-	bg.Go(func() { p.stateLoop(stateCtx) })
+	stateWG.Go(func() { p.stateLoop(stateCtx) })
 
 	p.sender(ctx) // returns when ctx is done
 
@@ -384,6 +390,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 
 	stateStop()
+	stateWG.Wait()
 	p.publishOffline()
 	connStop()
 	bg.Wait()
@@ -617,6 +624,10 @@ func (p *Publisher) send(ctx context.Context, j *job) bool {
 	if !p.load(j) {
 		return true
 	}
+	if p.held(j) {
+		p.deadLetter(j)
+		return true
+	}
 	errs := 0
 	for {
 		// A slot in the window.
@@ -726,6 +737,9 @@ func (p *Publisher) complete(seq uint64, rc byte, reason string) {
 		return
 	}
 	delete(p.pending, seq)
+	if rc < 0x80 && len(p.holds) > 0 && j.pub != nil {
+		delete(p.holds, j.pub.Topic) // the topic is accepted again
+	}
 	p.jmu.Unlock()
 	if rc < 0x80 {
 		p.ackRecord(seq)
@@ -739,6 +753,18 @@ func (p *Publisher) complete(seq uint64, rc byte, reason string) {
 }
 
 // fail schedules a refused record for a retry or the dead-letter file.
+//
+// A refusal for good (refusedForGood: not authorized, a bad topic name or
+// payload) dead-letters the record at once and holds its topic: until the
+// hold ends (RetryMin, doubling up to RetryMax while the topic keeps being
+// refused, cleared by a success), the topic's records are dead-lettered
+// without being sent (see send). A refused record thus never keeps the
+// buffer's commit cursor, and with it the read-ahead of every other topic,
+// for longer than one round trip, and the broker (mosquitto closes the
+// connection after a denied publish) is not provoked at the tag's rate.
+// Other refusals (quota exceeded, unspecified) are retried with backoff
+// and dead-lettered after DeadLetterAttempts. Without a dead-letter file
+// every refused record is retried forever.
 func (p *Publisher) fail(j *job, rc byte, reason string) {
 	j.attempts++
 	j.rc, j.reason = rc, reason
@@ -746,19 +772,65 @@ func (p *Publisher) fail(j *job, rc byte, reason string) {
 	if j.pub != nil {
 		topic = j.pub.Topic
 	}
-	dead := p.dl != nil && j.attempts >= p.cfg.DeadLetterAttempts
-	p.logger.Warn("broker refused publish", "topic", topic, "seq", j.seq,
-		"reason_code", fmt.Sprintf("%#02x", rc), "reason", reasonText(rc, reason), "attempt", j.attempts, "dead_letter", dead)
+	forGood := p.dl != nil && refusedForGood(rc)
+	dead := forGood || p.dl != nil && j.attempts >= p.cfg.DeadLetterAttempts
+	if ok, suppressed := p.refusals.allow("refused " + topic); ok {
+		p.logger.Warn("broker refused publish", "topic", topic, "seq", j.seq,
+			"reason_code", fmt.Sprintf("%#02x", rc), "reason", reasonText(rc, reason), "attempt", j.attempts, "dead_letter", dead,
+			"suppressed", suppressed)
+	}
 	p.jmu.Lock()
+	if forGood && topic != "" {
+		h := p.holds[topic]
+		if h == nil {
+			h = &topicHold{}
+			p.holds[topic] = h
+		}
+		h.refusals++
+		h.rc, h.reason = rc, reason
+		h.until = time.Now().Add(backoff(h.refusals, p.cfg.RetryMin, p.cfg.RetryMax))
+	}
 	if dead {
 		p.dead = append(p.dead, j)
 	} else {
-		j.due = time.Now().Add(backoff(j.attempts, p.cfg.RetryMin, p.cfg.RetryMax))
-		i, _ := slices.BinarySearchFunc(p.retry, j.due, func(a *job, t time.Time) int { return a.due.Compare(t) })
-		p.retry = slices.Insert(p.retry, i, j)
+		p.retryLocked(j)
 	}
 	p.jmu.Unlock()
 	ring(p.wake)
+}
+
+// retryLocked queues j for a retry after its backoff; p.jmu held.
+func (p *Publisher) retryLocked(j *job) {
+	j.due = time.Now().Add(backoff(max(j.attempts, 1), p.cfg.RetryMin, p.cfg.RetryMax))
+	i, _ := slices.BinarySearchFunc(p.retry, j.due, func(a *job, t time.Time) int { return a.due.Compare(t) })
+	p.retry = slices.Insert(p.retry, i, j)
+}
+
+// held reports whether j's topic is held (see fail); if so, j takes the
+// refusal of the hold.
+func (p *Publisher) held(j *job) bool {
+	if p.dl == nil || j.pub == nil {
+		return false
+	}
+	p.jmu.Lock()
+	defer p.jmu.Unlock()
+	h := p.holds[j.pub.Topic]
+	if h == nil || time.Now().After(h.until) {
+		return false // the next record of the topic is sent: it probes the broker
+	}
+	j.rc, j.reason, j.held = h.rc, h.reason, true
+	return true
+}
+
+// refusedForGood reports whether a refusal with reason code rc will not
+// change by retrying: 0x87 not authorized, 0x90 topic name invalid, 0x99
+// payload format invalid, or 0 (paho refused the packet as invalid).
+func refusedForGood(rc byte) bool {
+	switch rc {
+	case 0, 0x87, 0x90, 0x99:
+		return true
+	}
+	return false
 }
 
 func (p *Publisher) deadLetter(j *job) {
@@ -767,17 +839,22 @@ func (p *Publisher) deadLetter(j *job) {
 	}
 	if err := p.dl.write(j, time.Now()); err != nil {
 		p.logger.Error("dead-letter file not written; will retry the record", "file", p.dl.path, "seq", j.seq, "err", err)
-		j.attempts = 0
-		p.fail(j, j.rc, j.reason)
+		j.held = false
+		p.jmu.Lock()
+		p.retryLocked(j)
+		p.jmu.Unlock()
 		return
 	}
 	p.store.markDone(j.seq)
 	p.stats.deadLettered.Add(1)
-	p.logger.Error("record moved to the dead-letter file", "file", p.dl.path, "topic", j.pub.Topic, "seq", j.seq,
-		"reason_code", fmt.Sprintf("%#02x", j.rc), "attempts", j.attempts)
+	if ok, suppressed := p.refusals.allow("dead " + j.pub.Topic); ok {
+		p.logger.Error("record moved to the dead-letter file", "file", p.dl.path, "topic", j.pub.Topic, "seq", j.seq,
+			"reason_code", fmt.Sprintf("%#02x", j.rc), "attempts", j.attempts, "held", j.held, "suppressed", suppressed)
+	}
 	if err := p.log.Ack(j.seq); err != nil {
 		p.logger.Error("ack dead-lettered record", "seq", j.seq, "err", err)
 	}
+	p.announce(j)
 }
 
 // reasonText is reason when set, else the standard meaning of rc.
@@ -1172,6 +1249,13 @@ func (p *Publisher) stateLoop(ctx context.Context) {
 			}
 			p.mu.Unlock()
 			if topic == "" {
+				if cli != nil {
+					nctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					if !p.publishNotices(nctx, cli) {
+						retry.Reset(time.Second)
+					}
+					cancel()
+				}
 				break
 			}
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -1195,22 +1279,41 @@ func (p *Publisher) stateLoop(ctx context.Context) {
 	}
 }
 
-// publishOffline publishes the offline status on a clean shutdown.
+// publishOffline is the last word of a clean shutdown, after stateLoop
+// has ended: the state messages not yet published on this connection
+// (such as the devices' "stopped" status the gateway sets just before
+// stopping the publisher), then the offline status, each QoS 1 and
+// retained, within ShutdownGrace.
 func (p *Publisher) publishOffline() {
-	if p.cfg.StatusTopic == "" {
-		return
-	}
 	p.mu.Lock()
-	cli := p.cli
+	cli, conn := p.cli, p.connSeq
+	type msg struct {
+		topic   string
+		payload []byte
+	}
+	var msgs []msg
+	for _, k := range p.stateKeys {
+		if e := p.states[k]; e.sentConn != conn || e.sentVersion != e.version {
+			msgs = append(msgs, msg{k, e.payload})
+		}
+	}
 	p.mu.Unlock()
 	if cli == nil {
 		return
 	}
+	if p.cfg.StatusTopic != "" {
+		msgs = append(msgs, msg{p.cfg.StatusTopic, p.statusPayload(false, time.Now())})
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownGrace)
 	defer cancel()
-	_, err := cli.Publish(ctx, &paho.Publish{Topic: p.cfg.StatusTopic, QoS: 1, Retain: true, Payload: p.statusPayload(false, time.Now())})
-	if err != nil {
-		p.logger.Warn("offline status not published", "err", err)
+	p.publishNotices(ctx, cli)
+	for _, m := range msgs {
+		if _, err := cli.Publish(ctx, &paho.Publish{Topic: m.topic, QoS: 1, Retain: true, Payload: m.payload}); err != nil {
+			p.logger.Warn("state message not published at shutdown", "topic", m.topic, "err", err)
+			if ctx.Err() != nil {
+				return
+			}
+		}
 	}
 }
 

@@ -1,0 +1,183 @@
+package mqtt
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-gateway/ferry/adapters"
+	"github.com/ferry-gateway/ferry/gateway/record"
+	"github.com/ferry-gateway/ferry/internal/mosquittotest"
+)
+
+// notice is a P/deadletter message.
+type notice struct {
+	Topic      string      `json:"topic"`
+	ReasonCode string      `json:"reason_code"`
+	Reason     string      `json:"reason"`
+	Seqs       [][2]uint64 `json:"seqs"`
+	Count      int         `json:"count"`
+	TS         string      `json:"ts"`
+}
+
+// TestRefusedTopicHeld: one topic that the broker's ACL denies, interleaved
+// with a healthy stream, with a retry schedule far longer than the test
+// (RetryMin 1h). The refused records must not wait for that schedule: the
+// whole log is acked (the cursor never stays on a refused record), the
+// denied topic is sent only until its first refusal and then held (its
+// other records dead-lettered unsent, so the broker does not close the
+// connection at the tag's rate), every dead letter is announced on
+// P/deadletter with its seq, and the refusals are logged a few times, not
+// once per record.
+func TestRefusedTopicHeld(t *testing.T) {
+	t.Parallel()
+	b := mosquittotest.Start(t, mosquittotest.WithACL("topic readwrite #\ntopic deny "+prefix+"/denied/#\n"),
+		mosquittotest.WithLogTypes("error", "warning"))
+	sub := mosquittotest.Subscribe(t, b.URL(), prefix+"/#", 1)
+	l := newMemLog(1)
+	logger, logs := captureLogger(t)
+	cfg := testConfig(t, b.URL())
+	cfg.Logger = logger
+	cfg.DeadLetterFile = filepath.Join(t.TempDir(), "dead.jsonl")
+	cfg.DeadLetterTopic = prefix + "/deadletter"
+	cfg.RetryMin, cfg.RetryMax = time.Hour, time.Hour
+	p, err := New(cfg, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rounds, healthy = 100, 20
+	denied := map[uint64]bool{}
+	for i := range rounds {
+		appendReadings(t, l, i*healthy, healthy)
+		s, err := l.Append(record.AppendReading(nil, prefix+"/denied/x", false,
+			adapters.Reading{Value: adapters.IntValue(int64(i)), Quality: adapters.Good, Time: ts0}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		denied[s] = true
+	}
+	last := uint64(rounds * (healthy + 1))
+	running(t, p)
+	l.waitAllAcked(t, long)
+
+	st := p.Stats()
+	if st.DeadLettered != rounds {
+		t.Errorf("dead-lettered %d, want %d", st.DeadLettered, rounds)
+	}
+	// Before the hold, only what was in flight with the first denied
+	// record can have reached the broker.
+	if n := st.ReasonCodes[0x87]; n < 1 || n > uint64(cfg.MaxInflight/healthy+2) {
+		t.Errorf("%d refusals (0x87) for %d denied records, want the topic held after the first", n, rounds)
+	}
+	// Every healthy record arrived.
+	var seen map[uint64]int
+	if !eventually(long, func() bool {
+		seen = seqsOf(t, filterTelemetry(sub.Messages()))
+		for s := uint64(1); s <= last; s++ {
+			if !denied[s] && seen[s] == 0 {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("healthy records missing: %d of %d seen", len(seen), last-rounds)
+	}
+	for s := range denied {
+		if seen[s] != 0 {
+			t.Errorf("denied seq %d reached the subscriber", s)
+		}
+	}
+	// Every dead letter is announced, with the topic and reason.
+	announced := map[uint64]bool{}
+	if !eventually(long, func() bool {
+		clear(announced)
+		for _, m := range sub.Messages() {
+			if m.Topic != cfg.DeadLetterTopic {
+				continue
+			}
+			var n notice
+			if err := json.Unmarshal(m.Payload, &n); err != nil {
+				t.Errorf("notice %s: %v", m.Payload, err)
+				continue
+			}
+			if n.Topic != prefix+"/denied/x" || n.ReasonCode != "0x87" || n.Reason == "" || n.TS == "" || m.Retain {
+				t.Errorf("notice %s (retain %v)", m.Payload, m.Retain)
+			}
+			c := 0
+			for _, r := range n.Seqs {
+				for s := r[0]; s <= r[1]; s++ {
+					announced[s] = true
+					c++
+				}
+			}
+			if c != n.Count {
+				t.Errorf("notice %s: count %d, ranges hold %d", m.Payload, n.Count, c)
+			}
+		}
+		return len(announced) >= len(denied)
+	}) {
+		t.Fatalf("dead letters announced: %d of %d", len(announced), len(denied))
+	}
+	for s := range announced {
+		if !denied[s] {
+			t.Errorf("seq %d announced as dead-lettered but was not refused", s)
+		}
+	}
+	// The dead-letter file has them all, most of them held (never sent).
+	f, err := os.Open(cfg.DeadLetterFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lines, held := 0, 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var d struct {
+			Seq      uint64 `json:"seq"`
+			Held     bool   `json:"held"`
+			Attempts int    `json:"attempts"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &d); err != nil || !denied[d.Seq] {
+			t.Errorf("dead-letter line %s: %v", sc.Bytes(), err)
+		}
+		lines++
+		if d.Held {
+			held++
+		}
+	}
+	if lines != rounds || held < rounds/2 {
+		t.Errorf("%d dead-letter lines (%d held), want %d (most held)", lines, held, rounds)
+	}
+	// Logged per topic at most every logEvery, with a count of the rest.
+	text := logs.String()
+	if n := strings.Count(text, "broker refused publish") + strings.Count(text, "record moved to the dead-letter file"); n > 4 {
+		t.Errorf("%d refusal/dead-letter log lines for one denied topic, want them rate-limited", n)
+	}
+}
+
+// filterTelemetry drops the status and dead-letter notices.
+func filterTelemetry(msgs []mosquittotest.Message) []mosquittotest.Message {
+	var out []mosquittotest.Message
+	for _, m := range msgs {
+		if !strings.HasSuffix(m.Topic, "/status") && !strings.HasSuffix(m.Topic, "/deadletter") {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}

@@ -4,7 +4,10 @@
 #   packaging/build-deb.sh [-o OUTDIR] [-v VERSION] [ARCH ...]
 #
 # ARCH is a Debian architecture: amd64, arm64 or armhf (ARMv7); default all
-# three. VERSION defaults to 0.0.0+git<commit>. Needs go and dpkg-deb.
+# three. VERSION defaults to 0.0.0+git<commit>. The binary reports the
+# checkout's commit (`ferry version`), with -dirty when the checkout has
+# changes; OUTDIR (default dist/, which git ignores) is the only thing the
+# build leaves in the tree. Needs go, git and dpkg-deb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +23,15 @@ done
 shift $((OPTIND - 1))
 archs=("$@")
 [ ${#archs[@]} -gt 0 ] || archs=(amd64 arm64 armhf)
+# The commit, taken before anything is built: the toolchain's own VCS stamp
+# is missing with -buildvcs=false and counts earlier builds' output.
+commit=unknown
+if rev=$(git rev-parse --short=12 HEAD 2>/dev/null); then
+  commit=$rev
+  if [ -n "$(git status --porcelain 2>/dev/null)" ]; then commit="$commit-dirty"; fi
+fi
 if [ -z "$version" ]; then
-  version="0.0.0+git$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+  version="0.0.0+git${commit%-dirty}"
 fi
 mkdir -p "$out"
 
@@ -36,14 +46,18 @@ for arch in "${archs[@]}"; do
   chmod 0755 "$stage"
   trap 'rm -rf "$stage"' EXIT
   install -d "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" \
-    "$stage/usr/lib/sysusers.d" "$stage/etc/ferry" "$stage/usr/share/doc/ferry"
+    "$stage/usr/lib/sysusers.d" "$stage/etc/ferry" "$stage/etc/default" "$stage/usr/share/doc/ferry"
 
   CGO_ENABLED=0 GOOS=linux GOARCH=$goarch GOARM=$goarm \
-    go build -trimpath -ldflags "-s -w -X main.version=$version" -o "$stage/usr/bin/ferry" ./cmd/ferry
+    go build -trimpath -ldflags "-s -w -X main.version=$version -X main.buildCommit=$commit" \
+    -o "$stage/usr/bin/ferry" ./cmd/ferry
 
   install -m 0644 systemd/ferry.service "$stage/lib/systemd/system/ferry.service"
   install -m 0644 systemd/ferry.sysusers "$stage/usr/lib/sysusers.d/ferry.conf"
   install -m 0640 packaging/ferry.toml "$stage/etc/ferry/ferry.toml"
+  # Read by systemd as root; may hold passwords.
+  install -m 0600 packaging/default-ferry "$stage/etc/default/ferry"
+  install -m 0644 packaging/copyright "$stage/usr/share/doc/ferry/copyright"
   install -m 0644 examples/ferry.toml "$stage/usr/share/doc/ferry/ferry.toml.example"
   install -m 0644 README.md "$stage/usr/share/doc/ferry/README.md"
 
@@ -59,7 +73,7 @@ Description: industrial telemetry gateway: Modbus and OPC UA to MQTT 5
  Polls Modbus (TCP, RTU) and OPC UA devices, keeps every reading in a
  crash-safe disk buffer and publishes it to an MQTT 5 broker at QoS 1 or 2.
 CONTROL
-  echo /etc/ferry/ferry.toml > "$stage/DEBIAN/conffiles"
+  printf '%s\n' /etc/ferry/ferry.toml /etc/default/ferry > "$stage/DEBIAN/conffiles"
   cat > "$stage/DEBIAN/postinst" <<'SCRIPT'
 #!/bin/sh
 set -e

@@ -22,6 +22,11 @@ import (
 // Set at build time: go build -ldflags "-X main.version=v1.2.3".
 var version = "dev"
 
+// buildCommit, set at build time (-X main.buildCommit=0123456789ab), is
+// reported instead of the toolchain's VCS stamp, which -buildvcs=false or a
+// build outside a checkout leaves out. packaging/build-deb.sh sets it.
+var buildCommit = ""
+
 // Exit codes of the contract.
 const (
 	exitOK      = 0
@@ -156,9 +161,12 @@ func cmdVersion(_ context.Context, args []string, stdout, stderr io.Writer) int 
 	return exitOK
 }
 
-// commit returns the VCS revision the binary was built from, if the
-// toolchain recorded one.
+// commit returns the revision the build stamped (buildCommit), else the
+// VCS revision the toolchain recorded, if it recorded one.
 func commit() string {
+	if buildCommit != "" {
+		return buildCommit
+	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"

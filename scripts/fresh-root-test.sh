@@ -69,6 +69,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap 'echo "fresh-root-test: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 start=$(date +%s)
 echo "== debootstrap bookworm (minbase) into $root"
@@ -80,13 +81,14 @@ rm -f "$root/etc/apt/sources.list"
 cp -a /etc/apt/sources.list "$root/etc/apt/" 2>/dev/null || true
 mkdir -p "$root/etc/apt/sources.list.d" "$root/etc/apt/apt.conf.d"
 for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources /etc/apt/apt.conf.d/*; do
-  [ -f "$f" ] && cp -a "$f" "$root$f"
+  if [ -f "$f" ]; then cp -a "$f" "$root$f"; fi
 done
 # Keyrings the copied sources name (Signed-By:/signed-by=).
-grep -rhoE '(Signed-By:|signed-by=)[[:space:]]*/[^] ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null |
-  sed -E 's/^(Signed-By:|signed-by=)[[:space:]]*//' | sort -u | while read -r key; do
-    [ -f "$key" ] && { mkdir -p "$root$(dirname "$key")"; cp -a "$key" "$root$key"; }
-  done
+keys=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+  grep -oE '(Signed-By:|signed-by=)[[:space:]]*/[^] ]+' | sed -E 's/^(Signed-By:|signed-by=)[[:space:]]*//' | sort -u || true)
+for key in $keys; do
+  if [ -f "$key" ]; then mkdir -p "$root$(dirname "$key")"; cp -a "$key" "$root$key"; fi
+done
 mkdir -p "$root/usr/local/share/ca-certificates" "$root/etc/ssl/certs"
 cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
 cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
@@ -101,19 +103,25 @@ echo "== Go from $(go env GOROOT) ($(go env GOVERSION))"
 cp -a "$(go env GOROOT)" "$root/usr/local/go"
 
 node_bin=$(readlink -f "$(command -v node)")
-echo "== Node.js $(node --version) from $node_bin"
+npm_root=$(npm root -g)
+echo "== Node.js $(node --version) from $node_bin, npm $(npm --version) from $npm_root/npm"
 if node_pkg=$(dpkg -S "$node_bin" 2>/dev/null | head -n1 | cut -d: -f1) && [ -n "$node_pkg" ]; then
   # The files of the host's package (NodeSource's nodejs ships npm too).
   dpkg -L "$node_pkg" | sed 's#^/##' | grep -v '^\.\?$' |
     while IFS= read -r p; do if [ -e "/$p" ] || [ -L "/$p" ]; then echo "$p"; fi; done |
     tar -C / --no-recursion -cf - -T - | tar -C "$root" -xpf -
 else
-  prefix=$(dirname "$(dirname "$node_bin")")
-  mkdir -p "$root/usr/local/bin" "$root/usr/local/lib/node_modules"
-  cp -a "$node_bin" "$root/usr/local/bin/node"
-  cp -a "$prefix/lib/node_modules/npm" "$root/usr/local/lib/node_modules/"
-  ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$root/usr/local/bin/npm"
+  mkdir -p "$root$(dirname "$node_bin")"
+  cp -a "$node_bin" "$root$node_bin"
 fi
+# npm as the host has it now (`npm install -g npm` replaces the packaged one
+# outside dpkg), and its commands.
+rm -rf "${root:?}$npm_root/npm"
+mkdir -p "$root$npm_root" "$root$(npm prefix -g)/bin"
+cp -a "$npm_root/npm" "$root$npm_root/"
+for c in npm npx; do
+  if [ -L "$(npm prefix -g)/bin/$c" ]; then cp -a "$(npm prefix -g)/bin/$c" "$root$(npm prefix -g)/bin/"; fi
+done
 
 echo "== clone $ref ($commit)"
 git clone --quiet --no-local "$repo" "$root/root/ferry"
@@ -126,20 +134,20 @@ envs=(HOME=/root USER=root LOGNAME=root TERM=dumb LANG=C.UTF-8
   PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
 for v in GOPROXY GOSUMDB GONOSUMDB GOPRIVATE GONOPROXY GOINSECURE; do
   val=$(go env "$v")
-  [ -n "$val" ] && envs+=("$v=$val")
+  if [ -n "$val" ]; then envs+=("$v=$val"); fi
 done
 for v in registry proxy https-proxy noproxy strict-ssl; do
   val=$(npm config get "$v" 2>/dev/null || true)
   case $val in "" | null | undefined) ;; *) envs+=("npm_config_${v//-/_}=$val") ;; esac
 done
-for f in "$(npm config get cafile 2>/dev/null || true)" "${NODE_EXTRA_CA_CERTS:-}"; do
-  case $f in /*) [ -f "$f" ] && { mkdir -p "$root$(dirname "$f")"; cp -L "$f" "$root$f"; } ;; esac
-done
 cafile=$(npm config get cafile 2>/dev/null || true)
+for f in "$cafile" "${NODE_EXTRA_CA_CERTS:-}"; do
+  case $f in /*) if [ -f "$f" ]; then mkdir -p "$root$(dirname "$f")"; cp -L "$f" "$root$f"; fi ;; esac
+done
 case $cafile in /*) envs+=("npm_config_cafile=$cafile") ;; esac
-[ -n "${NODE_EXTRA_CA_CERTS:-}" ] && envs+=("NODE_EXTRA_CA_CERTS=$NODE_EXTRA_CA_CERTS")
+if [ -n "${NODE_EXTRA_CA_CERTS:-}" ]; then envs+=("NODE_EXTRA_CA_CERTS=$NODE_EXTRA_CA_CERTS"); fi
 for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
-  [ -n "${!v:-}" ] && envs+=("$v=${!v}")
+  if [ -n "${!v:-}" ]; then envs+=("$v=${!v}"); fi
 done
 
 echo "== mounts"

@@ -62,8 +62,11 @@ const (
 // string without allocating; the zero Value is JSON null.
 type Value struct {
 	kind Kind
-	bits uint64
-	str  string
+	// inexact: FloatKind from a decimal number that bits does not hold
+	// exactly; whole: that number is a whole number (see InexactFloatValue).
+	inexact, whole bool
+	bits           uint64
+	str            string
 }
 
 // BoolValue returns a Value holding b.
@@ -83,6 +86,18 @@ func UintValue(u uint64) Value { return Value{kind: UintKind, bits: u} }
 
 // FloatValue returns a Value holding f.
 func FloatValue(f float64) Value { return Value{kind: FloatKind, bits: math.Float64bits(f)} }
+
+// InexactFloatValue returns a Value holding f, the float64 nearest to a
+// decimal number d that f does not hold exactly, such as 2^53 + 0.5 or
+// -2^63 - 1 (both round to a whole float64 that an integer tag could
+// hold). whole tells whether d is a whole number: Whole reports it, and
+// ExactInt and ExactUint refuse the value, so that d is never written to
+// an integer tag as f.
+func InexactFloatValue(f float64, whole bool) Value {
+	v := FloatValue(f)
+	v.inexact, v.whole = true, whole
+	return v
+}
 
 // StringValue returns a Value holding s.
 func StringValue(s string) Value { return Value{kind: StringKind, str: s} }
@@ -124,6 +139,67 @@ func (v Value) Float() float64 {
 		return float64(v.bits)
 	}
 	return 0
+}
+
+// Whole reports whether v is a whole number: any IntKind or UintKind, and
+// a finite FloatKind with no fraction (for an InexactFloatValue, whether
+// the decimal number it came from is whole).
+func (v Value) Whole() bool {
+	switch v.kind {
+	case IntKind, UintKind:
+		return true
+	case FloatKind:
+		if v.inexact {
+			return v.whole
+		}
+		f := math.Float64frombits(v.bits)
+		return !math.IsInf(f, 0) && f == math.Trunc(f)
+	}
+	return false
+}
+
+// ExactInt returns v as an int64 when v is a whole number in the range of
+// int64, without rounding.
+func (v Value) ExactInt() (int64, bool) {
+	if !v.Whole() || v.inexact {
+		return 0, false
+	}
+	switch v.kind {
+	case IntKind:
+		return int64(v.bits), true
+	case UintKind:
+		if v.bits > math.MaxInt64 {
+			return 0, false
+		}
+		return int64(v.bits), true
+	}
+	f := math.Float64frombits(v.bits)
+	if f < -0x1p63 || f >= 0x1p63 { // both bounds exact: -2^63 is an int64, 2^63 is not
+		return 0, false
+	}
+	return int64(f), true
+}
+
+// ExactUint returns v as a uint64 when v is a whole number in the range of
+// uint64, without rounding.
+func (v Value) ExactUint() (uint64, bool) {
+	if !v.Whole() || v.inexact {
+		return 0, false
+	}
+	switch v.kind {
+	case IntKind:
+		if int64(v.bits) < 0 {
+			return 0, false
+		}
+		return v.bits, true
+	case UintKind:
+		return v.bits, true
+	}
+	f := math.Float64frombits(v.bits)
+	if f < 0 || f >= 0x1p64 {
+		return 0, false
+	}
+	return uint64(f), true
 }
 
 // Str returns the string held by v ("" unless Kind is StringKind).

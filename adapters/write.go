@@ -1,11 +1,15 @@
 package adapters
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 // Write result codes (CONTRACT.md, Commands) an adapter's write can fail
 // with; the gateway answers every other failure as device_error.
 const (
 	CodeBadValue    = "bad_value"
+	CodeOutOfRange  = "out_of_range"
 	CodeDeviceError = "device_error"
 	CodeTimeout     = "timeout"
 )
@@ -27,4 +31,130 @@ func (e *WriteError) WriteCode() string { return e.Code }
 // to the tag as it is (type, range, size).
 func BadValue(format string, args ...any) error {
 	return &WriteError{Code: CodeBadValue, Err: fmt.Errorf(format, args...)}
+}
+
+// OutOfRange is a WriteError with CodeOutOfRange: the value is below the
+// tag's min or above its max.
+func OutOfRange(format string, args ...any) error {
+	return &WriteError{Code: CodeOutOfRange, Err: fmt.Errorf(format, args...)}
+}
+
+// Limit is a tag's min or max as the config wrote it: Float always, and
+// Int when it was an integer, so that integers beyond 2^53 compare exactly.
+type Limit struct {
+	Float float64
+	Int   *int64
+}
+
+// CheckLimits refuses v with out_of_range when it is below min or above max
+// (either may be nil). The comparison is exact for every combination of
+// kinds: an integer is never rounded to a float64 to be compared, so
+// 2^53+1 is above a max of 2^53 and 2^63 is above a max of 2^63-1. Values
+// other than numbers are not limited.
+func CheckLimits(v Value, min, max *Limit) error {
+	switch v.Kind() {
+	case IntKind, UintKind, FloatKind:
+	default:
+		return nil
+	}
+	if min != nil && min.compare(v) > 0 {
+		return OutOfRange("%s is below the minimum %s", v, min)
+	}
+	if max != nil && max.compare(v) < 0 {
+		return OutOfRange("%s is above the maximum %s", v, max)
+	}
+	return nil
+}
+
+// String formats the limit as the config wrote it.
+func (l *Limit) String() string {
+	if l.Int != nil {
+		return IntValue(*l.Int).String()
+	}
+	return FloatValue(l.Float).String()
+}
+
+// compare is -1, 0 or +1 as the limit is below, equal to or above v,
+// exactly.
+func (l *Limit) compare(v Value) int {
+	if l.Int != nil {
+		return -CompareInt(v, *l.Int)
+	}
+	return -CompareFloat(v, l.Float)
+}
+
+// CompareInt is -1, 0 or +1 as the number v is below, equal to or above
+// i, exactly (0 for a v that is not a number).
+func CompareInt(v Value, i int64) int {
+	switch v.Kind() {
+	case IntKind:
+		return cmp3(v.Int(), i)
+	case UintKind:
+		if v.Uint() > math.MaxInt64 {
+			return 1
+		}
+		return cmp3(int64(v.Uint()), i)
+	case FloatKind:
+		return -CompareFloat(IntValue(i), v.Float())
+	}
+	return 0
+}
+
+// CompareFloat is -1, 0 or +1 as the number v is below, equal to or above
+// f, exactly: an int64 or uint64 is compared with the float's integer part
+// and then its fraction, never converted to a float64 (0 for a v that is
+// not a number, or a NaN).
+func CompareFloat(v Value, f float64) int {
+	if math.IsNaN(f) {
+		return 0
+	}
+	switch v.Kind() {
+	case IntKind:
+		switch {
+		case f >= 0x1p63:
+			return -1
+		case f < -0x1p63:
+			return 1
+		}
+		t := math.Trunc(f)
+		if c := cmp3(v.Int(), int64(t)); c != 0 {
+			return c
+		}
+		return cmp3(t, f)
+	case UintKind:
+		switch {
+		case f >= 0x1p64:
+			return -1
+		case f < 0:
+			return 1
+		}
+		t := math.Trunc(f)
+		if c := cmp3(v.Uint(), uint64(t)); c != 0 {
+			return c
+		}
+		return cmp3(t, f)
+	case FloatKind:
+		return cmp3(v.Float(), f)
+	}
+	return 0
+}
+
+func cmp3[T int64 | uint64 | float64](a, b T) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// NewLimit is the Limit of a config's min or max: f as a float64 and, when
+// the config wrote an integer, i exactly. It is nil when f is nil (no
+// limit).
+func NewLimit(f *float64, i *int64) *Limit {
+	if f == nil {
+		return nil
+	}
+	return &Limit{Float: *f, Int: i}
 }

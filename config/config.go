@@ -153,6 +153,8 @@ type ModbusTag struct {
 	Writable         bool
 	Min              *float64
 	Max              *float64
+	MinInt           *int64 // min exactly, when written as an integer
+	MaxInt           *int64 // max exactly, when written as an integer
 	Verify           bool
 	MinWriteInterval time.Duration
 	Retain           bool
@@ -246,6 +248,8 @@ type OPCUATag struct {
 	Writable         bool
 	Min              *float64
 	Max              *float64
+	MinInt           *int64 // min exactly, when written as an integer
+	MaxInt           *int64 // max exactly, when written as an integer
 	Verify           bool
 	MinWriteInterval time.Duration
 	Retain           bool

@@ -338,11 +338,7 @@ func (d *decoder) modbusTag(t *table, dev *ModbusDevice, seen map[string][]strin
 		t.errf("interval", "must be at least %v", minInterval)
 	}
 	t.boolean("writable", &tag.Writable)
-	minOK := t.optFloat("min", &tag.Min)
-	maxOK := t.optFloat("max", &tag.Max)
-	if minOK && maxOK && *tag.Min > *tag.Max {
-		t.errf("min", "min (%g) is greater than max (%g)", *tag.Min, *tag.Max)
-	}
+	t.limits(&tag.Min, &tag.Max, &tag.MinInt, &tag.MaxInt)
 	t.boolean("verify", &tag.Verify)
 	t.duration("min_write_interval", &tag.MinWriteInterval)
 	set.retain = t.boolean("retain", &tag.Retain)
@@ -564,11 +560,7 @@ func (d *decoder) opcuaTag(t *table, seen map[string][]string) (OPCUATag, struct
 		t.missing("deadband_value", "required with deadband_type")
 	}
 	t.boolean("writable", &tag.Writable)
-	minOK := t.optFloat("min", &tag.Min)
-	maxOK := t.optFloat("max", &tag.Max)
-	if minOK && maxOK && *tag.Min > *tag.Max {
-		t.errf("min", "min (%g) is greater than max (%g)", *tag.Min, *tag.Max)
-	}
+	t.limits(&tag.Min, &tag.Max, &tag.MinInt, &tag.MaxInt)
 	t.boolean("verify", &tag.Verify)
 	t.duration("min_write_interval", &tag.MinWriteInterval)
 	set.retain = t.boolean("retain", &tag.Retain)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -375,6 +376,73 @@ func (t *table) optFloat(key string, dst **float64) bool {
 	}
 	*dst = &f
 	return true
+}
+
+// limits reads a tag's optional min and max: each as a float64 and, when
+// the file holds an integer, also exactly, so that a write is compared
+// with 9007199254740993 and not with its nearest float64. min must not be
+// greater than max (compared exactly).
+func (t *table) limits(min, max **float64, minInt, maxInt **int64) {
+	minOK := t.optFloat("min", min)
+	maxOK := t.optFloat("max", max)
+	if v, ok := t.get("min"); ok && minOK {
+		if i, ok := v.(int64); ok {
+			*minInt = &i
+		}
+	}
+	if v, ok := t.get("max"); ok && maxOK {
+		if i, ok := v.(int64); ok {
+			*maxInt = &i
+		}
+	}
+	if !minOK || !maxOK {
+		return
+	}
+	greater := *min != nil && *max != nil && **min > **max
+	switch {
+	case *minInt != nil && *maxInt != nil:
+		greater = **minInt > **maxInt
+	case *minInt != nil:
+		greater = compareIntFloat(**minInt, **max) > 0
+	case *maxInt != nil:
+		greater = compareIntFloat(**maxInt, **min) < 0
+	}
+	if greater {
+		t.errf("min", "min (%s) is greater than max (%s)", limitText(*min, *minInt), limitText(*max, *maxInt))
+	}
+}
+
+func limitText(f *float64, i *int64) string {
+	if i != nil {
+		return strconv.FormatInt(*i, 10)
+	}
+	if *f == math.Trunc(*f) && math.Abs(*f) < 1e21 {
+		return strconv.FormatFloat(*f, 'f', -1, 64) + ".0"
+	}
+	return strconv.FormatFloat(*f, 'g', -1, 64)
+}
+
+// compareIntFloat is -1, 0 or +1 as i is below, equal to or above f,
+// exactly (f is finite).
+func compareIntFloat(i int64, f float64) int {
+	switch {
+	case f >= 0x1p63:
+		return -1
+	case f < -0x1p63:
+		return 1
+	}
+	t := math.Trunc(f)
+	switch ti := int64(t); {
+	case i < ti:
+		return -1
+	case i > ti:
+		return 1
+	case t < f:
+		return -1
+	case t > f:
+		return 1
+	}
+	return 0
 }
 
 func (t *table) boolean(key string, dst *bool) bool {

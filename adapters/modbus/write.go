@@ -197,41 +197,33 @@ func intRange(typ string) (lo int64, hi uint64, n int, ok bool) {
 }
 
 // exactInt returns v as the two's complement bit pattern of an integer in
-// [lo, hi], refusing fractions and anything out of range.
+// [lo, hi], refusing fractions and anything out of range. The bounds are
+// compared as integers: a float such as 9223372036854775808.0 (2^63) is
+// out of the range of int64, not wrapped to -2^63.
 func exactInt(v adapters.Value, lo int64, hi uint64, typ string) (uint64, error) {
+	switch v.Kind() {
+	case adapters.IntKind, adapters.UintKind, adapters.FloatKind:
+	default:
+		return 0, adapters.BadValue("expected a number, got %s", kindName(v))
+	}
+	if !v.Whole() {
+		return 0, adapters.BadValue("%s is not a whole number (type %s)", v, typ)
+	}
 	outOfRange := func() error {
 		return adapters.BadValue("%s is out of the range of %s (%d..%d)", v, typ, lo, hi)
 	}
-	switch v.Kind() {
-	case adapters.IntKind:
-		i := v.Int()
-		if i < lo || (i > 0 && uint64(i) > hi) {
+	if lo < 0 {
+		i, ok := v.ExactInt()
+		if !ok || i < lo || i > int64(hi) {
 			return 0, outOfRange()
 		}
 		return uint64(i), nil
-	case adapters.UintKind:
-		u := v.Uint()
-		if u > hi {
-			return 0, outOfRange()
-		}
-		return u, nil
-	case adapters.FloatKind:
-		f := v.Float()
-		if f != math.Trunc(f) || !floatOK(f) {
-			return 0, adapters.BadValue("%s is not a whole number (type %s)", v, typ)
-		}
-		if f < float64(lo) || f >= float64(hi)+1 && hi == math.MaxUint64 || hi != math.MaxUint64 && f > float64(hi) {
-			return 0, outOfRange()
-		}
-		if f >= 1<<63 {
-			return uint64(f), nil
-		}
-		if f < 0 {
-			return uint64(int64(f)), nil
-		}
-		return uint64(f), nil
 	}
-	return 0, adapters.BadValue("expected a number, got %s", kindName(v))
+	u, ok := v.ExactUint()
+	if !ok || u > hi {
+		return 0, outOfRange()
+	}
+	return u, nil
 }
 
 // orderWords lays out the low n*16 bits of x (big-endian) as n registers in
@@ -287,7 +279,8 @@ func (p *Poller) tagConfig(name string) (config.ModbusTag, int, bool) {
 }
 
 // CheckWrite validates a write of v to tag without any I/O (see
-// EncodeWrite); it also refuses a tag that is not writable.
+// EncodeWrite); it also refuses a tag that is not writable, and a value
+// below the tag's min or above its max (out_of_range, compared exactly).
 func (p *Poller) CheckWrite(tag string, v adapters.Value) error {
 	t, _, ok := p.tagConfig(tag)
 	if !ok {
@@ -296,7 +289,15 @@ func (p *Poller) CheckWrite(tag string, v adapters.Value) error {
 	if !t.Writable {
 		return adapters.BadValue("tag %s/%s is not writable", p.dev.Name, tag)
 	}
+	if err := checkLimits(t, v); err != nil {
+		return err
+	}
 	return EncodeWrite(t, v)
+}
+
+// checkLimits applies the tag's min and max to v, exactly.
+func checkLimits(t config.ModbusTag, v adapters.Value) error {
+	return adapters.CheckLimits(v, adapters.NewLimit(t.Min, t.MinInt), adapters.NewLimit(t.Max, t.MaxInt))
 }
 
 // WriteTag writes the engineering value v to tag: FC5 for a coil, FC6 for
@@ -320,6 +321,9 @@ func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, ver
 	}
 	if !t.Writable {
 		return adapters.Value{}, adapters.BadValue("tag %s/%s is not writable", p.dev.Name, tag)
+	}
+	if err := checkLimits(t, v); err != nil {
+		return adapters.Value{}, err
 	}
 	w, err := encodeWrite(t, v)
 	if err != nil {

@@ -2,6 +2,8 @@ package modbus
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -164,4 +166,118 @@ func TestWriteTag(t *testing.T) {
 		t.Fatalf("timeout: %v", err)
 	}
 	sim.SetDelay(0)
+}
+
+// The edges of int64 and uint64 are compared as integers: 2^63 as a float
+// is not an int64 (it was written as -2^63), a whole float just below 2^64
+// is a uint64, and a value from a decimal float64 could not hold exactly
+// is never written to an integer register.
+func TestEncodeWriteIntegerEdges(t *testing.T) {
+	const ok = ""
+	cases := []struct {
+		typ  string
+		v    adapters.Value
+		want string // the register bits written, or ok for v itself
+		code string
+	}{
+		{"int64", adapters.IntValue(math.MaxInt64), "7fffffffffffffff", ok},
+		{"int64", adapters.IntValue(math.MinInt64), "8000000000000000", ok},
+		{"int64", adapters.FloatValue(0x1p63), "", adapters.CodeBadValue},
+		{"int64", adapters.FloatValue(-0x1p63), "8000000000000000", ok},
+		{"int64", adapters.FloatValue(math.Nextafter(-0x1p63, -1e300)), "", adapters.CodeBadValue},
+		{"int64", adapters.FloatValue(1e19), "", adapters.CodeBadValue},
+		{"int64", adapters.UintValue(1 << 63), "", adapters.CodeBadValue},
+		{"int64", adapters.FloatValue(math.Copysign(0, -1)), "0000000000000000", ok},
+		{"int64", adapters.InexactFloatValue(-0x1p63, true), "", adapters.CodeBadValue},
+		{"int64", adapters.InexactFloatValue(0x1p53, false), "", adapters.CodeBadValue},
+		{"uint64", adapters.UintValue(math.MaxUint64), "ffffffffffffffff", ok},
+		{"uint64", adapters.FloatValue(0x1p64), "", adapters.CodeBadValue},
+		{"uint64", adapters.FloatValue(math.Nextafter(0x1p64, 0)), "fffffffffffff800", ok},
+		{"uint64", adapters.FloatValue(0x1p63), "8000000000000000", ok},
+		{"uint64", adapters.FloatValue(1e19), "8ac7230489e80000", ok},
+		{"uint64", adapters.IntValue(-1), "", adapters.CodeBadValue},
+		{"uint64", adapters.FloatValue(-1), "", adapters.CodeBadValue},
+		{"uint32", adapters.FloatValue(0x1p32), "", adapters.CodeBadValue},
+		{"uint32", adapters.FloatValue(0x1p32 - 1), "00000000ffffffff", ok},
+		{"int32", adapters.FloatValue(-0x1p31), "0000000080000000", ok},
+		{"int32", adapters.FloatValue(0x1p31), "", adapters.CodeBadValue},
+		{"int16", adapters.FloatValue(-32769), "", adapters.CodeBadValue},
+	}
+	for _, c := range cases {
+		w, err := encodeWrite(wtag(c.typ, OrderABCD), c.v)
+		if c.code != ok {
+			var we *adapters.WriteError
+			if err == nil || !errors.As(err, &we) || we.Code != c.code {
+				t.Errorf("%s %v: %v (%04x), want %s", c.typ, c.v, err, w.words, c.code)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s %v: %v", c.typ, c.v, err)
+			continue
+		}
+		var x uint64
+		for _, r := range w.words {
+			x = x<<16 | uint64(r)
+		}
+		if got := fmt.Sprintf("%016x", x); got != c.want {
+			t.Errorf("%s %v: wrote %s, want %s", c.typ, c.v, got, c.want)
+		}
+	}
+}
+
+// CheckWrite and WriteTag apply min and max exactly: 2^53 + 1 is above a
+// max of 2^53 (which a float64 comparison cannot see), an integer max
+// beyond 2^53 is kept exactly.
+func TestWriteLimitsExact(t *testing.T) {
+	p53, p53f := int64(1<<53), float64(1<<53)
+	big := int64(1<<53 + 1)
+	bigf := float64(big)
+	tag := func(name string, addr uint16, min, max *float64, minI, maxI *int64) config.ModbusTag {
+		return config.ModbusTag{Name: name, Table: config.TableHolding, Address: addr, Type: "int64", Bit: -1, Scale: 1,
+			Writable: true, Interval: time.Hour, Min: min, Max: max, MinInt: minI, MaxInt: maxI}
+	}
+	negf, negi := -p53f, -p53
+	dev := config.ModbusDevice{Name: "plc", URL: "tcp://127.0.0.1:1", Unit: 1, Interval: time.Hour, Timeout: 200 * time.Millisecond,
+		MaxRegistersPerRequest: 125, Tags: []config.ModbusTag{
+			tag("f", 0, &negf, &p53f, nil, nil), // min = -9007199254740992.0, max = 9007199254740992.0
+			tag("i", 4, nil, &bigf, nil, &big),  // max = 9007199254740993
+			tag("n", 8, &negf, nil, &negi, nil), // min = -9007199254740992
+		}}
+	p, err := NewPoller(dev, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		tag  string
+		v    adapters.Value
+		code string
+	}{
+		{"f", adapters.IntValue(p53), ""},
+		{"f", adapters.IntValue(p53 + 1), adapters.CodeOutOfRange},
+		{"f", adapters.UintValue(uint64(p53) + 1), adapters.CodeOutOfRange},
+		{"f", adapters.IntValue(-p53 - 1), adapters.CodeOutOfRange},
+		{"f", adapters.IntValue(math.MaxInt64), adapters.CodeOutOfRange},
+		{"i", adapters.IntValue(big), ""},
+		{"i", adapters.IntValue(big + 1), adapters.CodeOutOfRange},
+		{"n", adapters.IntValue(-p53), ""},
+		{"n", adapters.IntValue(-p53 - 1), adapters.CodeOutOfRange},
+	}
+	for _, c := range cases {
+		err := p.CheckWrite(c.tag, c.v)
+		var we *adapters.WriteError
+		switch {
+		case c.code == "" && err != nil:
+			t.Errorf("%s %v: %v", c.tag, c.v, err)
+		case c.code != "" && (err == nil || !errors.As(err, &we) || we.Code != c.code):
+			t.Errorf("%s %v: %v, want %s", c.tag, c.v, err, c.code)
+		}
+		if c.code != "" {
+			// WriteTag refuses it too, before any I/O (the address
+			// refuses connections).
+			if _, err := p.WriteTag(context.Background(), c.tag, c.v, false); !errors.As(err, &we) || we.Code != c.code {
+				t.Errorf("WriteTag %s %v: %v, want %s", c.tag, c.v, err, c.code)
+			}
+		}
+	}
 }

@@ -41,7 +41,7 @@ func (c *Client) tagIndex(name string) int {
 }
 
 // CheckWrite validates a write of v to tag without I/O: the tag exists and
-// is writable, and v is a bool, a finite number or a string (and fits the
+// is writable, v is within its min and max (compared exactly), and v is a bool, a finite number or a string (and fits the
 // node's data type when that is known from an earlier write).
 func (c *Client) CheckWrite(tag string, v adapters.Value) error {
 	i := c.tagIndex(tag)
@@ -50,6 +50,9 @@ func (c *Client) CheckWrite(tag string, v adapters.Value) error {
 	}
 	if !c.tags[i].cfg.Writable {
 		return adapters.BadValue("tag %s/%s is not writable", c.dev.Name, tag)
+	}
+	if err := c.checkLimits(i, v); err != nil {
+		return err
 	}
 	switch v.Kind() {
 	case adapters.BoolKind, adapters.IntKind, adapters.UintKind, adapters.StringKind:
@@ -75,6 +78,12 @@ func (c *Client) CheckWrite(tag string, v adapters.Value) error {
 	return nil
 }
 
+// checkLimits applies tag i's min and max to v, exactly (out_of_range).
+func (c *Client) checkLimits(i int, v adapters.Value) error {
+	t := c.tags[i].cfg
+	return adapters.CheckLimits(v, adapters.NewLimit(t.Min, t.MinInt), adapters.NewLimit(t.Max, t.MaxInt))
+}
+
 // WriteTag writes v to the tag's node, coerced to the node's DataType
 // (read once per connection and cached): Boolean, SByte..UInt64 (exact
 // integers in range), Float, Double, String. A status code other than Good
@@ -90,6 +99,9 @@ func (c *Client) WriteTag(ctx context.Context, tag string, v adapters.Value, ver
 	}
 	if !c.tags[i].cfg.Writable {
 		return adapters.Value{}, adapters.BadValue("tag %s/%s is not writable", c.dev.Name, tag)
+	}
+	if err := c.checkLimits(i, v); err != nil {
+		return adapters.Value{}, err
 	}
 	c.liveMu.Lock()
 	l := c.cur
@@ -272,7 +284,7 @@ func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 		}
 		return ua.MustVariant(f), nil
 	}
-	var lo, hi float64
+	var lo, hi int64 // the range of the signed types up to Int32 and the unsigned ones up to UInt32
 	switch dt {
 	case id.SByte:
 		lo, hi = math.MinInt8, math.MaxInt8
@@ -290,45 +302,32 @@ func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 	default:
 		return nil, adapters.BadValue("data type %d cannot be written", dt)
 	}
-	var i int64
-	var u uint64
-	neg := false
 	switch v.Kind() {
-	case adapters.IntKind:
-		i = v.Int()
-		neg = i < 0
-		u = uint64(i)
-	case adapters.UintKind:
-		u = v.Uint()
-		if u > math.MaxInt64 {
-			if dt != id.UInt64 {
-				return nil, adapters.BadValue("%s is out of the range of %s", v, name)
-			}
-			return ua.MustVariant(u), nil
-		}
-		i = int64(u)
-	case adapters.FloatKind:
-		f := v.Float()
-		if f != math.Trunc(f) || math.Abs(f) >= 1<<63 {
-			return nil, adapters.BadValue("%s is not a whole number in the range of %s", v, name)
-		}
-		i = int64(f)
-		neg = i < 0
-		u = uint64(i)
+	case adapters.IntKind, adapters.UintKind, adapters.FloatKind:
 	default:
 		return wrong()
 	}
-	switch dt {
-	case id.Int64:
-		return ua.MustVariant(i), nil
-	case id.UInt64:
-		if neg {
-			return nil, adapters.BadValue("%s is out of the range of %s", v, name)
+	if !v.Whole() {
+		return nil, adapters.BadValue("%s is not a whole number in the range of %s", v, name)
+	}
+	// Integers are compared as integers (never through a float64): 2^63
+	// is out of the range of Int64 however it is written.
+	if dt == id.UInt64 {
+		u, ok := v.ExactUint()
+		if !ok {
+			return nil, adapters.BadValue("%s is out of the range of %s (0..%d)", v, name, uint64(math.MaxUint64))
 		}
 		return ua.MustVariant(u), nil
 	}
-	if float64(i) < lo || float64(i) > hi {
-		return nil, adapters.BadValue("%s is out of the range of %s (%g..%g)", v, name, lo, hi)
+	i, ok := v.ExactInt()
+	if dt == id.Int64 {
+		if !ok {
+			return nil, adapters.BadValue("%s is out of the range of %s (%d..%d)", v, name, math.MinInt64, math.MaxInt64)
+		}
+		return ua.MustVariant(i), nil
+	}
+	if !ok || i < lo || i > hi {
+		return nil, adapters.BadValue("%s is out of the range of %s (%d..%d)", v, name, lo, hi)
 	}
 	switch dt {
 	case id.SByte:

@@ -756,9 +756,10 @@ func (p *Publisher) complete(seq uint64, rc byte, reason string) {
 //
 // A refusal for good (refusedForGood: not authorized, a bad topic name or
 // payload) dead-letters the record at once and holds its topic: until the
-// hold ends (RetryMin, doubling up to RetryMax while the topic keeps being
-// refused, cleared by a success), the topic's records are dead-lettered
-// without being sent (see send). A refused record thus never keeps the
+// hold ends (8 × RetryMin, doubling up to RetryMax while the topic keeps
+// being refused, with jitter; cleared by a success), the topic's records
+// are dead-lettered without being sent (see send). The record sent after
+// a hold probes whether the broker accepts the topic again. A refused record thus never keeps the
 // buffer's commit cursor, and with it the read-ahead of every other topic,
 // for longer than one round trip, and the broker (mosquitto closes the
 // connection after a denied publish) is not provoked at the tag's rate.
@@ -788,7 +789,7 @@ func (p *Publisher) fail(j *job, rc byte, reason string) {
 		}
 		h.refusals++
 		h.rc, h.reason = rc, reason
-		h.until = time.Now().Add(backoff(h.refusals, p.cfg.RetryMin, p.cfg.RetryMax))
+		h.until = time.Now().Add(backoff(h.refusals+holdSteps, p.cfg.RetryMin, p.cfg.RetryMax))
 	}
 	if dead {
 		p.dead = append(p.dead, j)
@@ -798,6 +799,11 @@ func (p *Publisher) fail(j *job, rc byte, reason string) {
 	p.jmu.Unlock()
 	ring(p.wake)
 }
+
+// holdSteps makes a hold start at 8 × RetryMin (8 s by default): each
+// probe of a denied topic costs a reconnect with mosquitto, which closes
+// the connection after a denied publish.
+const holdSteps = 3
 
 // retryLocked queues j for a retry after its backoff; p.jmu held.
 func (p *Publisher) retryLocked(j *job) {

@@ -181,3 +181,94 @@ func eventually(timeout time.Duration, cond func() bool) bool {
 	}
 	return true
 }
+
+// TestRefusalPolicy: which refusals dead-letter at once and hold their
+// topic, and which are retried (no broker: the publisher's bookkeeping).
+func TestRefusalPolicy(t *testing.T) {
+	cases := []struct {
+		name     string
+		rc       byte
+		attempts int // refusals before this one
+		dead     bool
+		hold     bool
+	}{
+		{"not authorized", 0x87, 0, true, true},
+		{"topic name invalid", 0x90, 0, true, true},
+		{"payload format invalid", 0x99, 0, true, true},
+		{"invalid packet (paho)", 0, 0, true, true},
+		{"quota exceeded", 0x97, 0, false, false},
+		{"unspecified", 0x80, 0, false, false},
+		{"implementation specific, last attempt", 0x83, 4, true, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := testConfig(t, "mqtt://127.0.0.1:1")
+			cfg.DeadLetterFile = filepath.Join(t.TempDir(), "dead.jsonl")
+			cfg.DeadLetterAttempts = 5
+			cfg.RetryMin, cfg.RetryMax = time.Hour, time.Hour
+			p, err := New(cfg, newMemLog(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.store.Close()
+			topic := prefix + "/d/t"
+			j, err := p.newJob(1, record.AppendReading(nil, topic, false, adapters.Reading{Value: adapters.IntValue(1), Time: ts0}), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			j.attempts = c.attempts
+			p.fail(j, c.rc, "")
+			p.jmu.Lock()
+			dead, retried, hold := len(p.dead) == 1, len(p.retry) == 1, p.holds[topic] != nil
+			p.jmu.Unlock()
+			if dead != c.dead || retried == c.dead || hold != c.hold {
+				t.Fatalf("dead %v retried %v hold %v, want dead %v hold %v", dead, retried, hold, c.dead, c.hold)
+			}
+			next, _ := p.newJob(2, record.AppendReading(nil, topic, false, adapters.Reading{Value: adapters.IntValue(2), Time: ts0}), false)
+			if p.held(next) != c.hold {
+				t.Fatalf("the topic's next record held = %v, want %v", !c.hold, c.hold)
+			}
+			if c.hold && (next.rc != c.rc || !next.held) {
+				t.Fatalf("held record carries rc %#02x held %v", next.rc, next.held)
+			}
+			// A success on the topic ends the hold.
+			p.jmu.Lock()
+			p.pending[3] = &job{seq: 3, pub: next.pub}
+			p.jmu.Unlock()
+			p.complete(3, 0, "")
+			other, _ := p.newJob(4, record.AppendReading(nil, topic, false, adapters.Reading{Value: adapters.IntValue(4), Time: ts0}), false)
+			if p.held(other) {
+				t.Fatal("the topic is still held after a success")
+			}
+		})
+	}
+}
+
+// TestLogLimiter: one line per key per interval, with the count of those
+// suppressed in between.
+func TestLogLimiter(t *testing.T) {
+	l := newLogLimiter(10 * time.Second)
+	now := time.Unix(1000, 0)
+	l.now = func() time.Time { return now }
+	type step struct {
+		key        string
+		advance    time.Duration
+		ok         bool
+		suppressed int
+	}
+	for i, s := range []step{
+		{"a", 0, true, 0},
+		{"a", time.Second, false, 0},
+		{"b", 0, true, 0},
+		{"a", time.Second, false, 0},
+		{"a", 8 * time.Second, true, 2},
+		{"a", time.Second, false, 0},
+		{"b", 0, true, 0},
+	} {
+		now = now.Add(s.advance)
+		ok, n := l.allow(s.key)
+		if ok != s.ok || n != s.suppressed {
+			t.Fatalf("step %d (%s): allow = %v, %d; want %v, %d", i, s.key, ok, n, s.ok, s.suppressed)
+		}
+	}
+}

@@ -177,6 +177,9 @@ password_file = "secrets/mqtt.pass"
 name = "o"
 endpoint = "opc.tcp://h:4840"
 trusted_certs_dir = "trusted"
+  [[opcua.tag]]
+  name = "t"
+  node = "ns=2;s=T"
 `
 	c, err := Parse("testdata/good/rel.toml", []byte(src), nil)
 	if err != nil {

@@ -290,6 +290,9 @@ func (d *decoder) modbusDevice(t *table, mq *MQTT, devices map[string][]string) 
 		dev.Tags = append(dev.Tags, tag)
 		set.tags = append(set.tags, ts)
 	}
+	if len(dev.Tags) == 0 && t.emptyOrAbsent("tag") {
+		t.missing("tag", "a device needs at least one tag: add a [[modbus.tag]] table after this [[modbus]] (ferry run refuses a device without tags)")
+	}
 	t.finish()
 	return dev, set
 }
@@ -527,6 +530,9 @@ func (d *decoder) opcuaDevice(t *table, devices map[string][]string) (OPCUADevic
 		tag, ts := d.opcuaTag(tt, tags)
 		dev.Tags = append(dev.Tags, tag)
 		set.tags = append(set.tags, ts)
+	}
+	if len(dev.Tags) == 0 && t.emptyOrAbsent("tag") {
+		t.missing("tag", "a device needs at least one tag: add an [[opcua.tag]] table after this [[opcua]]")
 	}
 	t.finish()
 	return dev, set

@@ -611,6 +611,20 @@ func (t *table) sub(key string) *table {
 // array returns the elements of the array of tables at key. Elements that
 // are not tables are reported and skipped. disp is set by the caller once
 // the element's name is known; until then it is key[index].
+// emptyOrAbsent reports whether key is absent or an empty array (not
+// whether it is valid: array reports that).
+func (t *table) emptyOrAbsent(key string) bool {
+	switch v := t.m[key].(type) {
+	case nil:
+		return true
+	case []any:
+		return len(v) == 0
+	case []map[string]any:
+		return len(v) == 0
+	}
+	return false
+}
+
 func (t *table) array(key string) []*table {
 	v, ok := t.get(key)
 	if !ok {

@@ -37,8 +37,10 @@ type Config struct {
 	// every process starts with Clean Start.
 	SessionDir string
 	// DeadLetterFile receives, as JSON lines, the records the broker refused
-	// DeadLetterAttempts times (each line fsynced); they are then acked so
-	// one bad topic never holds up the stream. Empty retries them forever.
+	// for good (0x87, 0x90, 0x99: at once, and the records of that topic
+	// for a while after, unsent) or DeadLetterAttempts times (other codes),
+	// each line fsynced; they are then acked so one bad topic never holds
+	// up the stream. Empty retries them forever.
 	DeadLetterFile string
 	// DeadLetterTopic receives a notice (QoS 1, not retained) naming the
 	// seqs, topic and reason of dead-lettered records (see deadNotice);

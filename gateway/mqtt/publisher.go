@@ -39,10 +39,17 @@
 // restart). paho's own Publish result is not used, which also sidesteps its
 // bug of returning a QoS 2 PUBREC >= 0x80 as success.
 //
-// A reason code >= 0x80 is a failure: the record is logged, counted and
-// retried with backoff; after DeadLetterAttempts refusals it is written to
-// the dead-letter file and acked. Retries are out of order by nature; every
-// other record keeps its place.
+// A reason code >= 0x80 is a failure, counted and logged (at most once per
+// topic per logEvery). A refusal for good (not authorized, bad topic name
+// or payload) writes the record to the dead-letter file and acks it at
+// once, and holds its topic for a while: its next records are
+// dead-lettered without being sent (see fail). Other refusals are retried
+// with backoff, and dead-lettered after DeadLetterAttempts. Either way a
+// refused record never keeps the buffer's commit cursor (and so the
+// read-ahead of every other topic) for long, and each dead letter is
+// announced on DeadLetterTopic so consumers can tell its seq gap from a
+// loss. Retries are out of order by nature; every other record keeps its
+// place.
 //
 // # Exactly once across restarts (QoS 2)
 //

@@ -218,12 +218,14 @@ func openStoreWith(dir string, logger *slog.Logger, wrap func(*os.File) logFile)
 		} else {
 			s.logger.Info("mqtt session store: migrating the file to format version 2", "file", path, "records", rep.records)
 		}
-		f.Close()
-		s.mu.Lock()
-		err := s.rewriteLocked()
-		s.mu.Unlock()
-		if err != nil {
-			return nil, fmt.Errorf("mqtt: session store %s: rewrite: %w", path, err)
+		s.f = s.wrapFile(f)
+		if err := s.rewriteLocked(); err != nil {
+			// Start anyway (a full disk must not keep ferry down): the old
+			// file stays as it is, nothing is appended to it, and the
+			// rewrite is tried again before the next write (see
+			// flushLocked).
+			s.broken, s.writeErrors = true, 1
+			s.logger.Error("mqtt session store: rewrite failed; retried before the next write", "file", path, "err", err)
 		}
 	default:
 		if len(rep.bad) > 0 {

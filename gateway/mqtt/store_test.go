@@ -474,3 +474,48 @@ func TestSessionStoreENOSPC(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionStoreMigrateFailing: an old-format file that cannot be
+// rewritten at open (the disk is full) still opens with its state; nothing
+// is appended to it until the rewrite succeeds, and then the file holds
+// the old state and what came since, in the current format.
+func TestSessionStoreMigrateFailing(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("testdata", "session-v1.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, storeFile), data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Bool
+	var fails atomic.Int64
+	failing.Store(true)
+	s, err := openStoreWith(dir, slog.New(slog.DiscardHandler), func(f *os.File) logFile {
+		return faultyFile{File: f, failing: &failing, fails: &fails}
+	})
+	if err != nil {
+		t.Fatalf("open with a failing disk: %v", err)
+	}
+	defer s.Close()
+	checkGoldenState(t, s)
+	w := bytes.NewBufferString("publish-15")
+	s.expectSeq(w, 15)
+	if err := s.Put(6, 3, w); err != nil {
+		t.Fatal(err)
+	}
+	if now, _ := os.ReadFile(filepath.Join(dir, storeFile)); !bytes.Equal(now, data) {
+		t.Fatal("the old file changed while it could not be rewritten")
+	}
+	failing.Store(false)
+	s.mu.Lock()
+	s.retryAt = time.Time{}
+	s.mu.Unlock()
+	s.flushPending()
+
+	r := quietStore(t, dir) // as after kill -9
+	defer r.Close()
+	if live, _ := r.startState(); fmt.Sprint(live) != "[10 14 15]" {
+		t.Fatalf("after the rewrite: live %v", live)
+	}
+}

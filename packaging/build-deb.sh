@@ -58,6 +58,22 @@ for arch in "${archs[@]}"; do
   # Read by systemd as root; may hold passwords.
   install -m 0600 packaging/default-ferry "$stage/etc/default/ferry"
   install -m 0644 packaging/copyright "$stage/usr/share/doc/ferry/copyright"
+  # The licence and notice files of what the static binary contains: Go's
+  # standard library and every module linked in for this architecture.
+  lic="$stage/usr/share/doc/ferry/third-party"
+  install -d "$lic/go"
+  install -m 0644 "$(go env GOROOT)/LICENSE" "$lic/go/LICENSE"
+  GOOS=linux GOARCH=$goarch GOARM=$goarm go list -deps \
+    -f '{{with .Module}}{{if not .Main}}{{.Path}}@{{.Version}} {{.Dir}}{{end}}{{end}}' ./cmd/ferry |
+    sort -u | while read -r mod dir; do
+      [ -n "$mod" ] || continue
+      install -d "$lic/$mod"
+      found=0
+      for f in "$dir"/LICENSE* "$dir"/LICENCE* "$dir"/COPYING* "$dir"/NOTICE*; do
+        if [ -f "$f" ]; then install -m 0644 "$f" "$lic/$mod/"; found=1; fi
+      done
+      if [ "$found" = 0 ]; then echo "no licence file in $mod ($dir)" >&2; exit 1; fi
+    done
   install -m 0644 examples/ferry.toml "$stage/usr/share/doc/ferry/ferry.toml.example"
   install -m 0644 README.md "$stage/usr/share/doc/ferry/README.md"
 

@@ -152,6 +152,7 @@ func TestDebPackage(t *testing.T) {
 		}
 	}
 	checkCopyright(t, filepath.Join(x, "usr/share/doc/ferry/copyright"))
+	checkThirdPartyLicences(t, bin, filepath.Join(x, "usr/share/doc/ferry/third-party"))
 
 	// What systemd does: the environment of /etc/default/ferry, then
 	// ExecStartPre's check. The starter config passes; so does the full
@@ -273,6 +274,31 @@ func checkCopyright(t *testing.T, path string) {
 	}
 }
 
+// checkThirdPartyLicences: the package carries the licence files of Go's
+// standard library and of every module the binary says it contains.
+func checkThirdPartyLicences(t *testing.T, bin, dir string) {
+	t.Helper()
+	out, err := exec.Command("go", "version", "-m", bin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go version -m: %v\n%s", err, out)
+	}
+	mods := []string{"go"}
+	for line := range strings.Lines(string(out)) {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "dep" {
+			mods = append(mods, f[1]+"@"+f[2])
+		}
+	}
+	if len(mods) < 5 {
+		t.Fatalf("go version -m lists only %q:\n%s", mods, out)
+	}
+	for _, mod := range mods {
+		entries, err := os.ReadDir(filepath.Join(dir, mod))
+		if err != nil || len(entries) == 0 {
+			t.Errorf("no licence file for %s in /usr/share/doc/ferry/third-party: %v", mod, err)
+		}
+	}
+}
+
 // TestLicense: the repository's licence is the Apache License 2.0, word for
 // word the text Debian ships.
 func TestLicense(t *testing.T) {
@@ -389,5 +415,33 @@ func unitSection(t *testing.T, name string) map[string][]string {
 func TestStarterConfig(t *testing.T) {
 	if _, err := config.Load("../../packaging/ferry.toml"); err != nil {
 		t.Fatalf("packaging/ferry.toml:\n%v", err)
+	}
+}
+
+// TestReadmeInstallLine: the README's install command picks the package of
+// the box's own architecture.
+func TestReadmeInstallLine(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "## Install on the edge box")
+	if !ok {
+		t.Fatal("README has no Install on the edge box section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	var installs []string
+	for line := range strings.Lines(section) {
+		if strings.HasPrefix(strings.TrimSpace(line), "apt install ") || strings.HasPrefix(strings.TrimSpace(line), "dpkg -i ") {
+			installs = append(installs, strings.TrimSpace(line))
+		}
+	}
+	if len(installs) == 0 {
+		t.Fatal("the Install section has no apt install line")
+	}
+	for _, line := range installs {
+		if !strings.Contains(line, "ferry_*_$(dpkg --print-architecture).deb") {
+			t.Errorf("install line %q does not pick the box's architecture (ferry_*_$(dpkg --print-architecture).deb)", line)
+		}
 	}
 }

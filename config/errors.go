@@ -3,7 +3,9 @@ package config
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Error is one problem found in a configuration file.
@@ -60,4 +62,32 @@ func sortErrors(es Errors) {
 		}
 		return es[i].Col < es[j].Col
 	})
+}
+
+// maxShown is how much of a key or value an error message quotes.
+const maxShown = 64
+
+// clip shortens s for an error message: its first 64 bytes (whole UTF-8
+// characters) and "…(N bytes)", so that a 1 MB key is not echoed in full.
+func clip(s string) string {
+	if len(s) <= maxShown {
+		return s
+	}
+	n := maxShown
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…(" + strconv.Itoa(len(s)) + " bytes)"
+}
+
+// clipArgs clips every long string argument of an error message: a
+// safety net for values no check clipped (the lists of allowed values
+// that messages quote are shorter than 256 bytes).
+func clipArgs(args []any) []any {
+	for i, a := range args {
+		if s, ok := a.(string); ok && len(s) > 256 {
+			args[i] = clip(s)
+		}
+	}
+	return args
 }

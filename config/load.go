@@ -120,7 +120,7 @@ func (d *decoder) positions() *posIndex {
 
 func (d *decoder) errAt(raw []string, path, format string, args ...any) {
 	p := d.positions().lookup(raw)
-	d.errs = append(d.errs, &Error{File: d.file, Line: p.line, Col: p.col, Path: path, Msg: fmt.Sprintf(format, args...)})
+	d.errs = append(d.errs, &Error{File: d.file, Line: p.line, Col: p.col, Path: path, Msg: fmt.Sprintf(format, clipArgs(args)...)})
 }
 
 // table is one TOML table being decoded. Every key read through it is
@@ -139,6 +139,7 @@ func (t *table) child(key string) []string {
 }
 
 func (t *table) path(key string) string {
+	key = clip(key)
 	switch {
 	case key == "":
 		return t.disp
@@ -260,12 +261,20 @@ func (t *table) str(key string, dst *string) bool {
 	}
 	s, err := expandEnv(s, t.d.getenv)
 	if err != nil {
+		var unset *envUnsetError
+		if secretKeys[key] && !errors.As(err, &unset) {
+			t.errf(key, "invalid ${...} in the value, which is not shown because it is a secret (use $$ for a literal dollar)")
+			return false
+		}
 		t.errf(key, "%v", err)
 		return false
 	}
 	*dst = s
 	return true
 }
+
+// secretKeys are the keys whose values error messages never show.
+var secretKeys = map[string]bool{"password": true}
 
 // nonEmpty reads a string that must not be empty.
 func (t *table) nonEmpty(key string, dst *string) bool {
@@ -293,7 +302,7 @@ func (t *table) oneOf(key string, dst *string, allowed ...string) bool {
 			return true
 		}
 	}
-	t.errf(key, "must be one of %s; got %q", quoteList(allowed), s)
+	t.errf(key, "must be one of %s; got %q", quoteList(allowed), clip(s))
 	return false
 }
 

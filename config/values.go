@@ -33,12 +33,12 @@ func expandEnv(s string, getenv func(string) string) (string, error) {
 		case '{':
 			end := strings.IndexByte(s[i+2:], '}')
 			if end < 0 {
-				return "", fmt.Errorf("unterminated ${ in %q", s)
+				return "", fmt.Errorf("unterminated ${ in %q", clip(s))
 			}
 			expr := s[i+2 : i+2+end]
 			name, def, hasDef := strings.Cut(expr, ":-")
 			if !validEnvName(name) {
-				return "", fmt.Errorf("invalid environment variable name %q in ${%s} (use $$ for a literal dollar)", name, expr)
+				return "", fmt.Errorf("invalid environment variable name %q in ${%s} (use $$ for a literal dollar)", clip(name), clip(expr))
 			}
 			v := getenv(name)
 			switch {
@@ -46,7 +46,7 @@ func expandEnv(s string, getenv func(string) string) (string, error) {
 			case hasDef:
 				v = def
 			default:
-				return "", fmt.Errorf("environment variable %s is not set or empty (use ${%s:-default} for a fallback)", name, name)
+				return "", &envUnsetError{fmt.Errorf("environment variable %s is not set or empty (use ${%s:-default} for a fallback)", name, name)}
 			}
 			b.WriteString(v)
 			i += 2 + end
@@ -56,6 +56,11 @@ func expandEnv(s string, getenv func(string) string) (string, error) {
 	}
 	return b.String(), nil
 }
+
+// envUnsetError is expandEnv's error for a variable that is not set: the
+// only one that does not quote the value, so the only one shown for a
+// secret.
+type envUnsetError struct{ error }
 
 func validEnvName(s string) bool {
 	if s == "" || s[0] >= '0' && s[0] <= '9' {
@@ -94,11 +99,11 @@ func parseSize(s string) (int64, error) {
 	}
 	unit, ok := sizeUnits[strings.ToLower(strings.TrimSpace(t[i:]))]
 	if i == 0 || !ok {
-		return 0, fmt.Errorf("invalid size %q: use a whole number with a unit such as \"512MiB\", \"1GiB\" or \"64KB\"", s)
+		return 0, fmt.Errorf("invalid size %q: use a whole number with a unit such as \"512MiB\", \"1GiB\" or \"64KB\"", clip(s))
 	}
 	n, err := strconv.ParseInt(t[:i], 10, 64)
 	if err != nil || n > math.MaxInt64/unit {
-		return 0, fmt.Errorf("size %q is too large", s)
+		return 0, fmt.Errorf("size %q is too large", clip(s))
 	}
 	return n * unit, nil
 }
@@ -112,7 +117,7 @@ func checkName(s, kind string) error {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !(c == '_' || c == '-' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
-			return fmt.Errorf("invalid name %q: it is used as an MQTT topic level, so only letters, digits, '_' and '-' are allowed", s)
+			return fmt.Errorf("invalid name %q: it is used as an MQTT topic level, so only letters, digits, '_' and '-' are allowed", clip(s))
 		}
 	}
 	if s == "status" && kind != "" {
@@ -180,14 +185,14 @@ func sortStrings(ss []string) { sort.Strings(ss) }
 func checkHostPort(hp string, needHost bool) error {
 	host, port, err := net.SplitHostPort(hp)
 	if err != nil {
-		return fmt.Errorf("expected host:port, got %q", hp)
+		return fmt.Errorf("expected host:port, got %q", clip(hp))
 	}
 	if needHost && host == "" {
-		return fmt.Errorf("missing host in %q", hp)
+		return fmt.Errorf("missing host in %q", clip(hp))
 	}
 	n, err := strconv.Atoi(port)
 	if err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("invalid port %q in %q: must be 1..65535", port, hp)
+		return fmt.Errorf("invalid port %q in %q: must be 1..65535", clip(port), clip(hp))
 	}
 	return nil
 }
@@ -197,7 +202,7 @@ func checkHostPort(hp string, needHost bool) error {
 func parseURL(s string, schemes ...string) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return nil, fmt.Errorf("invalid URL %q", s)
+		return nil, fmt.Errorf("invalid URL %q", RedactURL(s))
 	}
 	scheme := strings.ToLower(u.Scheme)
 	for _, sc := range schemes {
@@ -207,9 +212,9 @@ func parseURL(s string, schemes ...string) (*url.URL, error) {
 		}
 	}
 	if u.Scheme == "" {
-		return nil, fmt.Errorf("invalid URL %q: missing scheme, expected %s", s, schemeList(schemes))
+		return nil, fmt.Errorf("invalid URL %q: missing scheme, expected %s", RedactURL(s), schemeList(schemes))
 	}
-	return nil, fmt.Errorf("unsupported scheme %q in %q, expected %s", u.Scheme, s, schemeList(schemes))
+	return nil, fmt.Errorf("unsupported scheme %q in %q, expected %s", clip(u.Scheme), RedactURL(s), schemeList(schemes))
 }
 
 func schemeList(schemes []string) string {
@@ -220,20 +225,39 @@ func schemeList(schemes []string) string {
 	return strings.Join(q, ", ")
 }
 
+// RedactURL returns s for a message: the password of its user info
+// replaced by "xxxxx" (mqtt://user:xxxxx@host), as net/url's Redacted does,
+// and clipped. It also works on strings url.Parse refuses, and treats
+// everything up to the last '@' as user info, so that a password holding
+// '/', '?' or '#' is not shown either.
+func RedactURL(s string) string {
+	start := 0
+	if i := strings.Index(s, "://"); i >= 0 {
+		start = i + 3
+	}
+	if at := strings.LastIndexByte(s[start:], '@'); at >= 0 {
+		user := s[start : start+at]
+		if name, _, ok := strings.Cut(user, ":"); ok {
+			s = s[:start] + name + ":xxxxx" + s[start+at:]
+		}
+	}
+	return clip(s)
+}
+
 // checkNetURL checks that u has host:port and nothing else (no user
 // info, path, query or fragment), unless allowPath.
 func checkNetURL(u *url.URL, s string, allowPath bool) error {
 	if u.User != nil {
-		return fmt.Errorf("credentials in the URL %q are not supported: use username and password", s)
+		return fmt.Errorf("credentials in the URL %q are not supported: use username and password (or password_file)", RedactURL(s))
 	}
 	if u.Opaque != "" || u.Host == "" {
-		return fmt.Errorf("missing host:port in %q", s)
+		return fmt.Errorf("missing host:port in %q", RedactURL(s))
 	}
 	if err := checkHostPort(u.Host, true); err != nil {
-		return fmt.Errorf("invalid URL %q: %v", s, err)
+		return fmt.Errorf("invalid URL %q: %v", RedactURL(s), err)
 	}
 	if !allowPath && (u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.Fragment != "") {
-		return fmt.Errorf("unexpected path or query in %q", s)
+		return fmt.Errorf("unexpected path or query in %q", RedactURL(s))
 	}
 	return nil
 }
@@ -247,39 +271,39 @@ func checkNodeID(s string) error {
 	case strings.HasPrefix(rest, "ns="):
 		ns, r, ok := strings.Cut(rest[3:], ";")
 		if !ok {
-			return fmt.Errorf("invalid node id %q: missing ';' after the namespace", s)
+			return fmt.Errorf("invalid node id %q: missing ';' after the namespace", clip(s))
 		}
 		if _, err := strconv.ParseUint(ns, 10, 16); err != nil {
-			return fmt.Errorf("invalid node id %q: namespace index must be 0..65535", s)
+			return fmt.Errorf("invalid node id %q: namespace index must be 0..65535", clip(s))
 		}
 		rest = r
 	case strings.HasPrefix(rest, "nsu="):
 		ns, r, ok := strings.Cut(rest[4:], ";")
 		if !ok || ns == "" {
-			return fmt.Errorf("invalid node id %q: missing namespace URI or ';'", s)
+			return fmt.Errorf("invalid node id %q: missing namespace URI or ';'", clip(s))
 		}
 		rest = r
 	}
 	kind, id, ok := strings.Cut(rest, "=")
 	if !ok || id == "" {
-		return fmt.Errorf("invalid node id %q: expected i=, s=, g= or b= (e.g. \"ns=2;s=Machine.Speed\" or \"i=2258\")", s)
+		return fmt.Errorf("invalid node id %q: expected i=, s=, g= or b= (e.g. \"ns=2;s=Machine.Speed\" or \"i=2258\")", clip(s))
 	}
 	switch kind {
 	case "i":
 		if _, err := strconv.ParseUint(id, 10, 32); err != nil {
-			return fmt.Errorf("invalid node id %q: numeric identifier must be 0..4294967295", s)
+			return fmt.Errorf("invalid node id %q: numeric identifier must be 0..4294967295", clip(s))
 		}
 	case "s":
 	case "g":
 		if !isGUID(id) {
-			return fmt.Errorf("invalid node id %q: GUID must look like 09087e75-8e5e-499b-954f-f2a9603db28a", s)
+			return fmt.Errorf("invalid node id %q: GUID must look like 09087e75-8e5e-499b-954f-f2a9603db28a", clip(s))
 		}
 	case "b":
 		if !isBase64(id) {
-			return fmt.Errorf("invalid node id %q: opaque identifier must be base64", s)
+			return fmt.Errorf("invalid node id %q: opaque identifier must be base64", clip(s))
 		}
 	default:
-		return fmt.Errorf("invalid node id %q: unknown identifier type %q, expected i, s, g or b", s, kind)
+		return fmt.Errorf("invalid node id %q: unknown identifier type %q, expected i, s, g or b", clip(s), clip(kind))
 	}
 	return nil
 }

@@ -148,6 +148,7 @@ type Publisher struct {
 	backlog   atomic.Bool // records read now are history (after an outage or at start): user property replay=true
 	stateBell chan struct{}
 	wake      chan struct{} // wakes the sender: an ack, a failure, a connection
+	ahead     int           // maxAhead (smaller in tests)
 	dl        *deadLetter
 	payloads  sync.Pool   // *[]byte: payload buffers of delivered jobs
 	refusals  *logLimiter // refusal and dead-letter log lines, per topic
@@ -250,6 +251,7 @@ func New(cfg Config, log Log) (*Publisher, error) {
 		window:    cfg.MaxInflight,
 		skip:      map[uint64]bool{},
 		holds:     map[string]*topicHold{},
+		ahead:     maxAhead,
 		refusals:  newLogLimiter(logEvery),
 	}
 	if cfg.DeadLetterFile != "" {
@@ -457,7 +459,10 @@ func (p *Publisher) sender(ctx context.Context) {
 		if j == nil && len(ahead) > 0 {
 			j, ahead = ahead[0], ahead[1:]
 		}
-		if j == nil && next < p.log.Acked()+maxAhead {
+		if j == nil && next >= p.log.Acked()+uint64(p.ahead) {
+			p.unblockCursor()
+		}
+		if j == nil && next < p.log.Acked()+uint64(p.ahead) {
 			// Read more.
 			replay := p.backlog.Load()
 			connected := p.Connected()
@@ -805,6 +810,34 @@ func (p *Publisher) fail(j *job, rc byte, reason string) {
 	}
 	p.jmu.Unlock()
 	ring(p.wake)
+}
+
+// unblockCursor dead-letters the record at the log's commit cursor when it
+// waits for a retry: the read-ahead is exhausted, and waiting for the
+// retry's time would stall every other topic (a refusal that is not for
+// good, such as quota exceeded, at a high rate). Without a dead-letter
+// file the record keeps its retry schedule.
+func (p *Publisher) unblockCursor() {
+	if p.dl == nil {
+		return
+	}
+	cur := p.log.Acked()
+	p.jmu.Lock()
+	i := slices.IndexFunc(p.retry, func(j *job) bool { return j.seq == cur })
+	var j *job
+	if i >= 0 {
+		j = p.retry[i]
+		p.retry = slices.Delete(p.retry, i, i+1)
+		p.dead = append(p.dead, j)
+	}
+	p.jmu.Unlock()
+	if j != nil {
+		if ok, suppressed := p.refusals.allow("unblock"); ok {
+			p.logger.Warn("refused record dead-lettered before its retry: it held the stream", "seq", j.seq,
+				"reason_code", fmt.Sprintf("%#02x", j.rc), "attempts", j.attempts, "suppressed", suppressed)
+		}
+		ring(p.wake)
+	}
 }
 
 // holdSteps makes a hold start at 8 × RetryMin (8 s by default): each

@@ -272,3 +272,39 @@ func TestLogLimiter(t *testing.T) {
 		}
 	}
 }
+
+// TestReadAheadUnblocked: a record refused with a code worth retrying
+// (0x97 quota exceeded) whose retry is far away sits at the log's commit
+// cursor while the read-ahead fills up: rather than stall every other
+// topic until the retry, it is dead-lettered and the stream goes on.
+func TestReadAheadUnblocked(t *testing.T) {
+	t.Parallel()
+	b := mosquittotest.Start(t)
+	l := newMemLog(1)
+	cfg := testConfig(t, b.URL())
+	cfg.DeadLetterFile = filepath.Join(t.TempDir(), "dead.jsonl")
+	p, err := New(cfg, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.ahead = 50 // a read is up to 256 records: the reader stops after the first
+	appendReadings(t, l, 0, 1000)
+	// Seq 1 was refused once with 0x97 before this start; its retry is in
+	// an hour (as the sender would have queued it).
+	j, err := p.newJob(1, record.AppendReading(nil, topicOf(0), false, adapters.Reading{Value: adapters.IntValue(0), Time: ts0}), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.attempts, j.rc, j.due = 1, 0x97, time.Now().Add(time.Hour)
+	p.retry = []*job{j}
+	p.skip[1], p.skipTo = true, 2
+	running(t, p)
+	l.waitAllAcked(t, long)
+	if st := p.Stats(); st.DeadLettered != 1 || st.Acked != 999 {
+		t.Errorf("stats %+v, want seq 1 dead-lettered and the other 999 acked", st)
+	}
+	data, err := os.ReadFile(cfg.DeadLetterFile)
+	if err != nil || !strings.Contains(string(data), `"seq":1,`) || !strings.Contains(string(data), `"reason_code":"0x97"`) {
+		t.Errorf("dead-letter file %q, %v", data, err)
+	}
+}

@@ -57,3 +57,42 @@ func TestRedactURL(t *testing.T) {
 		}
 	}
 }
+
+// Device and tag names may be letters and digits of any script; the
+// gateway id stays ASCII (it is in the MQTT client id). Every refusal says
+// which character is wrong.
+func TestCheckName(t *testing.T) {
+	cases := []struct {
+		name, kind string
+		want       string // "" valid, else part of the error
+	}{
+		{"пресс", "device", ""},
+		{"давление_1", "tag", ""},
+		{"温度", "tag", ""},
+		{"Druck-2", "device", ""},
+		{"e\u0301t\u00e9", "tag", ""}, // a combining accent
+		{"٣", "tag", ""},              // an Arabic-Indic digit
+		{"line1", "", ""},
+		{"пресс", "", `only ASCII letters A-Z and a-z, digits 0-9, '_' and '-' are allowed (it is part of the MQTT client id and topic prefix), not 'п' (U+043F)`},
+		{"a b", "device", `only letters and digits (of any script), '_' and '-' are allowed, not U+0020`},
+		{"a+b", "device", `not '+' (U+002B)`},
+		{"a/b", "tag", `not '/' (U+002F)`},
+		{"a#b", "tag", `not '#' (U+0023)`},
+		{"a.b", "tag", `not '.' (U+002E)`},
+		{"a\x00b", "tag", `not U+0000`},
+		{"a\u200bb", "tag", `not U+200B`},
+		{"🔥", "tag", `not '🔥' (U+1F525)`},
+		{"a\xffb", "tag", `not invalid UTF-8`},
+		{strings.Repeat("я", 65), "tag", `is longer than 128 bytes`},
+		{"status", "tag", `"status" is reserved`},
+	}
+	for _, c := range cases {
+		err := checkName(c.name, c.kind)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s %q: %v", c.kind, c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s %q: %v, want %q", c.kind, c.name, err, c.want)
+		}
+	}
+}

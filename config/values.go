@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // expandEnv expands ${NAME} and ${NAME:-default} in s; $$ is a literal
@@ -108,17 +110,46 @@ func parseSize(s string) (int64, error) {
 	return n * unit, nil
 }
 
-// checkName validates a gateway id, device or tag name: it becomes an MQTT
-// topic level.
+// describeRune names a character for a message: 'x' (U+0078).
+func describeRune(r rune) string {
+	if r == utf8.RuneError {
+		return "invalid UTF-8"
+	}
+	if unicode.IsPrint(r) && r != ' ' {
+		return fmt.Sprintf("%q (U+%04X)", r, r)
+	}
+	return fmt.Sprintf("U+%04X", r)
+}
+
+// maxNameLen bounds a device or tag name (bytes): names are topic levels,
+// label values and log fields, and a topic is at most 65535 bytes.
+const maxNameLen = 128
+
+// checkName validates a gateway id (kind ""), device or tag name: it
+// becomes an MQTT topic level. Device and tag names may use the letters
+// and digits of any script ("пресс", "温度"; topic levels are UTF-8, and
+// Prometheus label values and JSON are too), combining marks, '_' and '-';
+// no space, punctuation, '+', '#', '/' or control character. The gateway
+// id is also part of the MQTT client id, which brokers need only accept
+// in ASCII, so it is limited to A-Z a-z 0-9 '_' '-' (CONTRACT.md).
 func checkName(s, kind string) error {
 	if s == "" {
 		return errors.New("must not be empty")
 	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c == '_' || c == '-' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
-			return fmt.Errorf("invalid name %q: it is used as an MQTT topic level, so only letters, digits, '_' and '-' are allowed", clip(s))
+	if len(s) > maxNameLen {
+		return fmt.Errorf("name %q is longer than %d bytes", clip(s), maxNameLen)
+	}
+	for _, r := range s {
+		if r == '_' || r == '-' || r < utf8.RuneSelf && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			continue
 		}
+		if kind == "" {
+			return fmt.Errorf("invalid gateway id %q: only ASCII letters A-Z and a-z, digits 0-9, '_' and '-' are allowed (it is part of the MQTT client id and topic prefix), not %s", s, describeRune(r))
+		}
+		if r != utf8.RuneError && (unicode.IsLetter(r) || unicode.IsDigit(r) || unicode.Is(unicode.Mark, r)) {
+			continue
+		}
+		return fmt.Errorf("invalid name %q: it is used as an MQTT topic level, so only letters and digits (of any script), '_' and '-' are allowed, not %s", s, describeRune(r))
 	}
 	if s == "status" && kind != "" {
 		switch kind {

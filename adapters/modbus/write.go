@@ -333,26 +333,31 @@ func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, ver
 	if err != nil {
 		return adapters.Value{}, adapters.BadValue("%v", err)
 	}
+	// Every failure from here on says what happened to this write, not
+	// what happened to the last poll.
+	what := fmt.Sprintf("write of %s to %s/%s", v, p.dev.Name, tag)
 	if err := ctx.Err(); err != nil {
-		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeTimeout, Err: err}
+		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeTimeout, Err: fmt.Errorf("%s not sent: %w", what, err)}
 	}
 	l, err := p.acquire()
 	if err != nil {
-		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeDeviceError, Err: err}
+		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeDeviceError, Err: fmt.Errorf("%s not sent: %w", what, err)}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if ctx.Err() != nil {
-		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeTimeout, Err: fmt.Errorf("waited too long for the connection: %w", ctx.Err())}
+		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeTimeout, Err: fmt.Errorf("%s not sent: waited too long for the connection: %w", what, ctx.Err())}
 	}
 	if _, err := l.ensure(!p.running.Load(), p.minBackoff, p.maxBackoff); err != nil {
 		// The link is backing off after a failure: a device that stopped
 		// answering in time is a timeout to the commander, not an error.
-		code := adapters.CodeDeviceError
 		if errors.Is(err, mb.ErrRequestTimedOut) {
-			code = adapters.CodeTimeout
+			return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeTimeout, Err: &quietError{
+				msg: fmt.Sprintf("%s not sent: device %s stopped answering (its requests timed out after %v) and is not connected; ferry reconnects by itself, send the command again later", what, p.dev.Name, p.dev.Timeout),
+				err: err,
+			}}
 		}
-		return adapters.Value{}, &adapters.WriteError{Code: code, Err: err}
+		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeDeviceError, Err: fmt.Errorf("%s not sent: device %s is not connected: %w", what, p.dev.Name, err)}
 	}
 	words, bitsNow, err := p.writeLocked(l, w)
 	if err == nil && verify {
@@ -371,7 +376,11 @@ func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, ver
 		}
 	})
 	if err != nil {
-		return adapters.Value{}, err
+		var we *adapters.WriteError
+		if errors.As(err, &we) {
+			return adapters.Value{}, &adapters.WriteError{Code: we.Code, Err: fmt.Errorf("%s: %w", what, we.Err)}
+		}
+		return adapters.Value{}, fmt.Errorf("%s: %w", what, err)
 	}
 	if ci >= 0 {
 		p.kickClass(ci)
@@ -466,7 +475,7 @@ func (p *Poller) writeFailed(l *link, werr, err error) error {
 		if l.consecTmout >= l.users() {
 			l.fail(werr, p.minBackoff, p.maxBackoff)
 		}
-		return &adapters.WriteError{Code: adapters.CodeTimeout, Err: werr}
+		return &adapters.WriteError{Code: adapters.CodeTimeout, Err: fmt.Errorf("%w: no answer within %v, so it may have been carried out or not", werr, p.dev.Timeout)}
 	case isException(err):
 		l.answered(p.minBackoff)
 	default:
@@ -474,6 +483,16 @@ func (p *Poller) writeFailed(l *link, werr, err error) error {
 	}
 	return &adapters.WriteError{Code: adapters.CodeDeviceError, Err: werr}
 }
+
+// quietError is an error whose message is msg alone, but which unwraps to
+// err (its cause, kept for errors.Is).
+type quietError struct {
+	msg string
+	err error
+}
+
+func (e *quietError) Error() string { return e.msg }
+func (e *quietError) Unwrap() error { return e.err }
 
 // kickClass asks Run to poll scan class ci at once (after a write).
 func (p *Poller) kickClass(ci int) {

@@ -281,3 +281,66 @@ func TestWriteLimitsExact(t *testing.T) {
 		}
 	}
 }
+
+// A write to a device that stopped answering is answered timeout with a
+// message about the write (device, tag, value, what happened to it), not
+// with the text of the last failed poll (issue 21).
+func TestWriteToHungDevice(t *testing.T) {
+	writable := func(d config.ModbusDevice) config.ModbusDevice {
+		d.Tags[0].Writable = true
+		d.Timeout = 50 * time.Millisecond
+		return d
+	}
+	check := func(t *testing.T, err error, wantSub ...string) {
+		t.Helper()
+		var we *adapters.WriteError
+		if !errors.As(err, &we) || we.Code != adapters.CodeTimeout {
+			t.Fatalf("write: %v, want a timeout", err)
+		}
+		msg := err.Error()
+		for _, s := range append([]string{"write of 7 to plc/a"}, wantSub...) {
+			if !strings.Contains(msg, s) {
+				t.Errorf("message %q does not say %q", msg, s)
+			}
+		}
+		if strings.Contains(msg, "read holding") {
+			t.Errorf("message %q echoes the poll", msg)
+		}
+	}
+	t.Run("link down after polls timed out", func(t *testing.T) {
+		s := modbustest.New(t)
+		d := writable(testDevice(s.URL(), tg("a", config.TableHolding, 0, "uint16")))
+		sink := newRecSink()
+		p, err := NewPoller(d, sink, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A long backoff: the write finds the link down, not reconnecting.
+		p.minBackoff, p.maxBackoff, p.backoff = time.Hour, time.Hour, time.Hour
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(ctx) }()
+		defer func() { cancel(); <-done; p.Close() }()
+		sink.waitCycle(t, "all good", allGood)
+		s.SetDelay(400 * time.Millisecond)
+		sink.waitState(t, false)
+		_, err = p.WriteTag(context.Background(), "a", adapters.IntValue(7), false)
+		check(t, err, "not sent", "stopped answering")
+		if w := s.Writes(); len(w) != 0 {
+			t.Errorf("writes %+v", w)
+		}
+	})
+	t.Run("the write itself times out", func(t *testing.T) {
+		s := modbustest.New(t)
+		d := writable(testDevice(s.URL(), tg("a", config.TableHolding, 0, "uint16")))
+		d.Interval = time.Hour
+		p, err := NewPoller(d, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		s.SetDelay(400 * time.Millisecond)
+		_, err = p.WriteTag(context.Background(), "a", adapters.IntValue(7), false)
+		check(t, err, "no answer within 50ms", "may have been carried out")
+	})
+}

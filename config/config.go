@@ -65,6 +65,10 @@ type MQTT struct {
 	MaxReplayRate      float64       // messages/s published from backlog; 0: unlimited
 	MessageExpiry      time.Duration // MQTT 5 Message Expiry of telemetry; 0: none
 	DeadLetterAttempts int           // refusals (reason code >= 0x80) before a record goes to the dead-letter file
+
+	// Commands beyond command_max_age (see the README's Commands).
+	CommandMaxSkew      time.Duration // a command whose ts is further ahead is refused; 0: no check
+	CommandAcceptQueued bool          // carry out commands held in the session with neither ts nor Message Expiry
 }
 
 // Publish modes: one message per tag, or one per device and poll cycle.

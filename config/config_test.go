@@ -46,6 +46,7 @@ func TestLoadFull(t *testing.T) {
 			ReconnectMax:       30 * time.Second,
 			Publish:            "tag",
 			CommandMaxAge:      30 * time.Second,
+			CommandMaxSkew:     5 * time.Second,
 			MaxReplayRate:      2000,
 			DeadLetterAttempts: 5,
 		},

@@ -136,6 +136,8 @@ func (d *decoder) mqtt(t *table, m *MQTT, set *setKeys) {
 	t.oneOf("publish", &m.Publish, PublishTag, PublishDevice)
 	t.boolean("retain", &m.Retain)
 	t.duration("command_max_age", &m.CommandMaxAge)
+	t.duration("command_max_skew", &m.CommandMaxSkew)
+	t.boolean("command_accept_queued", &m.CommandAcceptQueued)
 	if t.float("max_replay_rate", &m.MaxReplayRate) && m.MaxReplayRate < 0 {
 		t.errf("max_replay_rate", "must be 0 (unlimited) or a positive number of messages per second")
 	}

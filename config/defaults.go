@@ -28,6 +28,8 @@ import "time"
 //	mqtt.publish                         "tag"
 //	mqtt.retain                          false
 //	mqtt.command_max_age                 "30s" ("0s" disables the check)
+//	mqtt.command_max_skew                "5s" (how far a command's ts may be ahead; "0s" disables the check)
+//	mqtt.command_accept_queued           false (commands held in the session without ts or expiry are refused)
 //	mqtt.max_replay_rate                 0 (backlog drained as fast as the broker takes it)
 //	mqtt.message_expiry                  "0s" (telemetry never expires at the broker)
 //	mqtt.dead_letter_attempts            5 (refusals before a record goes to <state_dir>/deadletter.jsonl)
@@ -117,6 +119,7 @@ func defaultConfig() Config {
 			ReconnectMax:       30 * time.Second,
 			Publish:            PublishTag,
 			CommandMaxAge:      30 * time.Second,
+			CommandMaxSkew:     5 * time.Second,
 			DeadLetterAttempts: 5,
 		},
 		Buffer: Buffer{

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -49,14 +50,17 @@ type TagWriter interface {
 type commandTransport interface {
 	Subscribe(filter string, qos byte, h func(mqtt.Message)) error
 	Respond(ctx context.Context, topic string, payload, correlation []byte) error
+	// ClearRetained deletes the retained message on topic at the broker.
+	ClearRetained(ctx context.Context, topic string) error
 }
 
 // Defaults of the router.
 const (
 	defaultWriteTimeout = 10 * time.Second // a write (and its verify) from dequeue to answer
 	deviceQueueLen      = 64               // commands waiting per device; more are rate_limited
-	resultQueueLen      = 4096
-	resultGrace         = 2 * time.Second // Close: how long queued results may still be published
+	resultQueueLen      = 4096             // answers not yet published; an accepted command holds one slot
+	resultSlotWait      = 10 * time.Second // how long a refusal waits for a slot before it is dropped
+	resultGrace         = 2 * time.Second  // Close: how long queued results may still be published
 )
 
 // cmdTag is a configured tag as commands see it.
@@ -67,22 +71,29 @@ type cmdTag struct {
 	verify       bool
 	minInterval  time.Duration
 	dev          *cmdDevice
-
-	lastWrite time.Time // guarded by dev.mu
 }
 
 // readOnlyTag stands for every configured tag without writable = true: a
 // command to it is answered not_writable. Read-only tags are only kept as
-// names (commandRouter.readOnly), so a gateway with thousands of them
-// keeps no per-tag command state.
+// names (cmdTables.readOnly), so a gateway with thousands of them keeps
+// no per-tag command state.
 var readOnlyTag = &cmdTag{}
 
-// cmdDevice serializes the commands of one device.
+// cmdDevice serializes the commands of one device: one queue and one
+// worker per device, for as long as the device keeps its writer. A reload
+// that keeps the device keeps its cmdDevice (and the commands queued on
+// it); one that changes or removes the device retires it.
 type cmdDevice struct {
 	name   string
 	writer TagWriter
 	queue  chan *command
-	mu     sync.Mutex
+	done   chan struct{} // closed when the worker has ended
+
+	// Guarded by commandRouter.mu.
+	started bool
+	retired string // why the device left the router ("changed", "removed"); "" while in force
+
+	lastWrite map[string]time.Time // by tag; the worker's own
 }
 
 // command is one command in flight.
@@ -91,11 +102,14 @@ type command struct {
 	payload     []byte
 	received    time.Time
 	deadline    time.Time // MQTT 5 Message Expiry; zero: none
+	queued      bool      // the broker held it in ferry's session before this connection (mqtt.Message.Queued)
 	resultTopic string
 	correlation []byte
 	who         []any // log attributes: user properties, response topic
 	t           *cmdTag
 	value       adapters.Value
+	slot        bool               // holds a result slot (MQTT commands)
+	clear       string             // retained command: topic whose retained message is deleted
 	done        chan commandResult // Execute only; nil for MQTT commands
 }
 
@@ -129,8 +143,19 @@ func (r commandResult) JSON() []byte {
 type CommandStats struct {
 	Results map[string]uint64     // by result code ("ok" for successes)
 	ByTag   map[CommandKey]uint64 // by device, tag and result; unknown tags are counted under ""/""
-	Dropped uint64                // results that could not be queued for publishing
-	Failed  uint64                // results the broker refused or that were not published before Close
+	// Dropped are answers to refused commands that found no room in the
+	// result queue within resultSlotWait; an accepted command always has
+	// room for its answer.
+	Dropped uint64
+	Failed  uint64 // results the broker refused or that were not published before Close
+	// Retained are commands refused because they arrived with the retain
+	// flag (also counted under expired); ClearFailed are the deletions of
+	// their retained message that failed.
+	Retained, ClearFailed uint64
+	// Queued are commands refused because the broker held them in ferry's
+	// session before this connection and they carry no age (also counted
+	// under expired); see command_accept_queued.
+	Queued uint64
 }
 
 // CommandKey is a device, tag and result code.
@@ -140,36 +165,53 @@ type resultMsg struct {
 	topic       string
 	payload     []byte
 	correlation []byte
+	clear       string // delete the retained message on this topic first
+}
+
+// cmdTables are the devices, tags and limits of one config: swapped as a
+// whole by update.
+type cmdTables struct {
+	prefix       string
+	maxAge       time.Duration
+	maxSkew      time.Duration
+	acceptQueued bool
+	devices      map[string]*cmdDevice
+	tags         map[string]map[string]*cmdTag // device -> writable tags
+	readOnly     map[string][]string           // device -> its other tags, sorted (names shared with the config)
 }
 
 // commandRouter takes commands from MQTT (P/DEVICE/TAG/set), validates
 // them before any device I/O, writes valid ones through the device's
 // TagWriter, one at a time per device in arrival order, and publishes
-// exactly one result per command.
+// exactly one result per command. One router lives as long as the
+// gateway: a reload swaps its tables (update), so no command is ever
+// routed to a router that is gone.
 type commandRouter struct {
-	prefix       string
-	maxAge       time.Duration
 	writeTimeout time.Duration
-	devices      map[string]*cmdDevice
-	tags         map[string]map[string]*cmdTag // device -> writable tags
-	readOnly     map[string][]string           // device -> its other tags, sorted (names shared with the config)
 	mq           commandTransport
 	log          *slog.Logger
 	now          func() time.Time
+	tab          atomic.Pointer[cmdTables]
 
 	ctx     context.Context
 	cancel  context.CancelFunc
 	results chan resultMsg
+	slots   chan struct{} // one per answer that is queued or reserved; len(results) <= len(slots)
 	wg      sync.WaitGroup
 	resWG   sync.WaitGroup
 
-	mu      sync.Mutex // guards closed, stats and the sends on queues
-	closed  bool
-	started bool
-	res     map[string]uint64
-	byTag   map[CommandKey]uint64
-	dropped uint64
-	failed  uint64
+	mu            sync.Mutex // guards the fields below, cmdDevice.started/retired and the sends on queues
+	closed        bool
+	resultsClosed bool
+	started       bool
+	filter        string // the subscribed filter
+	res           map[string]uint64
+	byTag         map[CommandKey]uint64
+	dropped       uint64
+	failed        uint64
+	retained      uint64
+	clearFailed   uint64
+	queuedN       uint64
 }
 
 // newCommandRouter builds the router for every tag of cfg. writers holds
@@ -180,32 +222,55 @@ func newCommandRouter(cfg *config.Config, mq commandTransport, writers map[strin
 		logger = slog.New(slog.DiscardHandler)
 	}
 	r := &commandRouter{
-		prefix:       cfg.MQTT.TopicPrefix,
-		maxAge:       cfg.MQTT.CommandMaxAge,
 		writeTimeout: defaultWriteTimeout,
-		devices:      map[string]*cmdDevice{},
-		tags:         map[string]map[string]*cmdTag{},
-		readOnly:     map[string][]string{},
 		mq:           mq,
 		log:          logger.With("component", "commands"),
 		now:          time.Now,
 		results:      make(chan resultMsg, resultQueueLen),
+		slots:        make(chan struct{}, resultQueueLen),
 		res:          map[string]uint64{},
 		byTag:        map[CommandKey]uint64{},
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	tab, _ := buildTables(cfg, writers, nil)
+	r.tab.Store(tab)
+	return r
+}
+
+// buildTables builds the tables of cfg. A device of old whose writer is
+// the same keeps its cmdDevice (queue, worker, last writes); the others
+// of old are returned as retired.
+func buildTables(cfg *config.Config, writers map[string]TagWriter, old *cmdTables) (*cmdTables, []*cmdDevice) {
+	tab := &cmdTables{
+		prefix:       cfg.MQTT.TopicPrefix,
+		maxAge:       cfg.MQTT.CommandMaxAge,
+		maxSkew:      cfg.MQTT.CommandMaxSkew,
+		acceptQueued: cfg.MQTT.CommandAcceptQueued,
+		devices:      map[string]*cmdDevice{},
+		tags:         map[string]map[string]*cmdTag{},
+		readOnly:     map[string][]string{},
+	}
 	add := func(dev, name string, writable bool, lo, hi *float64, verify bool, iv time.Duration) {
-		d := r.devices[dev]
+		d := tab.devices[dev]
 		if d == nil {
-			d = &cmdDevice{name: dev, writer: writers[dev], queue: make(chan *command, deviceQueueLen)}
-			r.devices[dev] = d
-			r.tags[dev] = map[string]*cmdTag{}
+			w := writers[dev]
+			if old != nil {
+				if od := old.devices[dev]; od != nil && w != nil && od.writer == w {
+					d = od
+				}
+			}
+			if d == nil {
+				d = &cmdDevice{name: dev, writer: w, queue: make(chan *command, deviceQueueLen),
+					done: make(chan struct{}), lastWrite: map[string]time.Time{}}
+			}
+			tab.devices[dev] = d
+			tab.tags[dev] = map[string]*cmdTag{}
 		}
 		if !writable {
-			r.readOnly[dev] = append(r.readOnly[dev], name) // known, never written: no state
+			tab.readOnly[dev] = append(tab.readOnly[dev], name) // known, never written: no state
 			return
 		}
-		r.tags[dev][name] = &cmdTag{device: dev, name: name, writable: true, min: lo, max: hi, verify: verify, minInterval: iv, dev: d}
+		tab.tags[dev][name] = &cmdTag{device: dev, name: name, writable: true, min: lo, max: hi, verify: verify, minInterval: iv, dev: d}
 	}
 	for _, d := range cfg.Modbus {
 		for _, t := range d.Tags {
@@ -217,22 +282,26 @@ func newCommandRouter(cfg *config.Config, mq commandTransport, writers map[strin
 			add(d.Name, t.Name, t.Writable, t.Min, t.Max, t.Verify, t.MinWriteInterval)
 		}
 	}
-	for dev, names := range r.readOnly {
+	for dev, names := range tab.readOnly {
 		slices.Sort(names)
-		r.readOnly[dev] = slices.Clip(names)
+		tab.readOnly[dev] = slices.Clip(names)
 	}
-	return r
+	var retired []*cmdDevice
+	if old != nil {
+		for name, d := range old.devices {
+			if tab.devices[name] != d {
+				retired = append(retired, d)
+			}
+		}
+	}
+	return tab, retired
 }
 
 // writable is the number of writable tags.
 func (r *commandRouter) writable() int {
 	n := 0
-	for _, ts := range r.tags {
-		for _, t := range ts {
-			if t.writable {
-				n++
-			}
-		}
+	for _, ts := range r.tab.Load().tags {
+		n += len(ts)
 	}
 	return n
 }
@@ -251,18 +320,87 @@ func (r *commandRouter) Start() error {
 	}
 	r.started = true
 	r.mu.Unlock()
-	for _, d := range r.devices {
-		r.wg.Go(func() { r.worker(d) })
-	}
+	r.startWorkers()
 	if r.mq == nil {
 		return nil
 	}
 	r.resWG.Go(r.publishResults)
-	filter := r.prefix + "/+/+/set"
+	return r.subscribe()
+}
+
+// subscribe subscribes to the filter of the tables in force when it is
+// not the subscribed one.
+func (r *commandRouter) subscribe() error {
+	tab := r.tab.Load()
+	filter := tab.prefix + "/+/+/set"
+	r.mu.Lock()
+	same := r.filter == filter
+	r.filter = filter
+	r.mu.Unlock()
+	if same {
+		return nil
+	}
 	if err := r.mq.Subscribe(filter, 2, r.handle); err != nil {
-		return err
+		return fmt.Errorf("commands: subscribe %s: %w", filter, err)
 	}
 	r.log.Info("accepting commands", "topic", filter, "writable_tags", r.writable())
+	return nil
+}
+
+// startWorkers starts the worker of every device in force that has none.
+func (r *commandRouter) startWorkers() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	for _, d := range r.tab.Load().devices {
+		if !d.started {
+			d.started = true
+			r.wg.Go(func() { r.worker(d) })
+		}
+	}
+}
+
+// update swaps in the devices, tags and limits of cfg (a reload). A
+// device whose writer is unchanged keeps its queue: the commands waiting
+// for it are carried out in order. The other devices of the old tables
+// are retired: the commands waiting for them are answered device_error
+// (not carried out); a command arriving afterwards for a removed device
+// is unknown_tag. update returns once the write in progress on each
+// retired device has ended, so the caller may then stop those devices.
+// Devices new in cfg queue commands until startWorkers, which the caller
+// calls once their writers run. With a new topic prefix the router
+// subscribes to the new filter.
+func (r *commandRouter) update(cfg *config.Config, writers map[string]TagWriter) error {
+	r.mu.Lock()
+	tab, retired := buildTables(cfg, writers, r.tab.Load())
+	var wait []chan struct{}
+	for _, d := range retired {
+		d.retired = "removed"
+		if _, ok := tab.devices[d.name]; ok {
+			d.retired = "changed"
+		}
+		if !d.started && !r.closed {
+			d.started = true
+			r.wg.Go(func() { r.worker(d) }) // answers what was queued
+		}
+		if !r.closed {
+			close(d.queue)
+		}
+		if d.started {
+			wait = append(wait, d.done)
+		}
+	}
+	r.tab.Store(tab)
+	started := r.started
+	r.mu.Unlock()
+	for _, ch := range wait {
+		<-ch
+	}
+	if started && r.mq != nil {
+		return r.subscribe()
+	}
 	return nil
 }
 
@@ -276,12 +414,19 @@ func (r *commandRouter) Close() {
 		return
 	}
 	r.closed = true
-	for _, d := range r.devices {
+	for _, d := range r.tab.Load().devices {
 		close(d.queue)
+		if !d.started {
+			d.started = true
+			r.wg.Go(func() { r.worker(d) })
+		}
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+	r.mu.Lock()
+	r.resultsClosed = true
 	close(r.results)
+	r.mu.Unlock()
 	done := make(chan struct{})
 	go func() { r.resWG.Wait(); close(done) }()
 	t := time.NewTimer(resultGrace)
@@ -299,7 +444,8 @@ func (r *commandRouter) Close() {
 func (r *commandRouter) Stats() CommandStats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := CommandStats{Results: map[string]uint64{}, ByTag: map[CommandKey]uint64{}, Dropped: r.dropped, Failed: r.failed}
+	s := CommandStats{Results: map[string]uint64{}, ByTag: map[CommandKey]uint64{}, Dropped: r.dropped, Failed: r.failed,
+		Retained: r.retained, ClearFailed: r.clearFailed, Queued: r.queuedN}
 	for _, c := range ResultCodes {
 		s.Results[c] = r.res[c]
 	}
@@ -310,16 +456,19 @@ func (r *commandRouter) Stats() CommandStats {
 }
 
 // handle takes a message delivered on P/+/+/set. It runs on the MQTT
-// reader goroutine, so it only checks (no I/O) and queues.
+// reader goroutine, so it only checks (no I/O) and queues. It may wait
+// for room in the result queue when answers back up (the broker then
+// holds further commands: MQTT flow control), at most resultSlotWait.
 func (r *commandRouter) handle(m mqtt.Message) {
-	c := &command{payload: m.Payload, received: m.Received, correlation: m.CorrelationData}
+	c := &command{payload: m.Payload, received: m.Received, correlation: m.CorrelationData, queued: m.Queued}
 	if c.received.IsZero() {
 		c.received = r.now()
 	}
 	if m.MessageExpiry != nil {
 		c.deadline = c.received.Add(time.Duration(*m.MessageExpiry) * time.Second)
 	}
-	rest, _ := strings.CutPrefix(m.Topic, r.prefix+"/")
+	prefix := r.tab.Load().prefix
+	rest, _ := strings.CutPrefix(m.Topic, prefix+"/")
 	rest, _ = strings.CutSuffix(rest, "/set")
 	c.device, c.tag, _ = strings.Cut(rest, "/")
 	c.resultTopic = m.Topic + "/result"
@@ -332,18 +481,82 @@ func (r *commandRouter) handle(m mqtt.Message) {
 	if m.CorrelationData != nil {
 		c.who = append(c.who, "correlation", hex.EncodeToString(m.CorrelationData[:min(len(m.CorrelationData), 64)]))
 	}
+	if m.Queued {
+		c.who = append(c.who, "queued", true)
+	}
+	var refuse *commandResult
 	if m.ResponseTopic != "" {
 		if err := validTopicName(m.ResponseTopic); err != nil {
-			r.finish(c, fail(CodeBadValue, "response topic: %v", err))
-			return
+			res := fail(CodeBadValue, "response topic: %v", err)
+			refuse = &res
+		} else {
+			c.resultTopic = m.ResponseTopic
 		}
-		c.resultTopic = m.ResponseTopic
 	}
 	if m.Retain {
-		r.finish(c, fail(CodeExpired, "retained command refused: a retained command is stale by nature"))
+		// Retain As Published is set on the subscription, so the flag is
+		// the sender's. A retained command would act again on every
+		// subscriber that comes later: refuse it and delete it.
+		res := fail(CodeExpired, "retained command refused: a retained command is never carried out (it would be delivered again to every later subscriber); publish commands with retain=false")
+		refuse = &res
+		if len(m.Payload) > 0 {
+			c.clear = m.Topic
+		}
+		r.mu.Lock()
+		r.retained++
+		r.mu.Unlock()
+		r.log.Warn("retained command refused; deleting it from the broker", append([]any{"topic", m.Topic}, c.who...)...)
+	}
+	if r.mq != nil {
+		if c.slot = r.trySlot(); !c.slot {
+			if !r.waitSlot() {
+				r.drop(c, "result queue full")
+				return
+			}
+			c.slot = true
+			if refuse == nil {
+				res := fail(CodeRateLimited, "%d command results are waiting to be published; command not carried out", resultQueueLen)
+				refuse = &res
+			}
+		}
+	}
+	if refuse != nil {
+		r.finish(c, *refuse)
 		return
 	}
 	r.submit(c)
+}
+
+// trySlot takes a result slot if one is free.
+func (r *commandRouter) trySlot() bool {
+	select {
+	case r.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitSlot waits up to resultSlotWait for a result slot.
+func (r *commandRouter) waitSlot() bool {
+	t := time.NewTimer(resultSlotWait)
+	defer t.Stop()
+	select {
+	case r.slots <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-r.ctx.Done():
+	}
+	return false
+}
+
+// drop counts and logs a command whose answer cannot be queued. It is
+// never carried out.
+func (r *commandRouter) drop(c *command, why string) {
+	r.mu.Lock()
+	r.dropped++
+	r.mu.Unlock()
+	r.log.Error("command not carried out and not answered: "+why, append([]any{"device", c.device, "tag", c.tag}, c.who...)...)
 }
 
 // validTopicName reports whether s may be published to.
@@ -376,22 +589,33 @@ func (r *commandRouter) Execute(ctx context.Context, device, tag string, payload
 }
 
 // submit validates c (no I/O) and queues it for its device, or answers
-// it at once.
+// it at once. A command validated against tables that a reload replaced
+// meanwhile is validated again against the new ones.
 func (r *commandRouter) submit(c *command) {
-	if res, ok := r.validate(c); !ok {
-		r.finish(c, res)
+	for attempt := 1; ; attempt++ {
+		res, ok := r.validate(c)
+		if !ok {
+			r.finish(c, res)
+			return
+		}
+		r.mu.Lock()
+		switch {
+		case r.closed:
+			r.finishLocked(c, fail(CodeDeviceError, "gateway shutting down"))
+		case c.t.dev.retired != "" && attempt < 3:
+			r.mu.Unlock()
+			continue
+		case c.t.dev.retired != "":
+			r.finishLocked(c, fail(CodeDeviceError, "device %s is being reconfigured by a reload; command not carried out", c.device))
+		default:
+			select {
+			case c.t.dev.queue <- c:
+			default:
+				r.finishLocked(c, fail(CodeRateLimited, "%d commands already waiting for device %s", deviceQueueLen, c.device))
+			}
+		}
+		r.mu.Unlock()
 		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		r.finishLocked(c, fail(CodeDeviceError, "gateway shutting down"))
-		return
-	}
-	select {
-	case c.t.dev.queue <- c:
-	default:
-		r.finishLocked(c, fail(CodeRateLimited, "%d commands already waiting for device %s", deviceQueueLen, c.device))
 	}
 }
 
@@ -402,9 +626,10 @@ func fail(code, format string, args ...any) commandResult {
 // validate runs every check that needs no device I/O, in the order of the
 // contract: the tag, the payload, expiry, the value against the tag.
 func (r *commandRouter) validate(c *command) (commandResult, bool) {
-	t := r.tags[c.device][c.tag]
+	tab := r.tab.Load()
+	t := tab.tags[c.device][c.tag]
 	if t == nil {
-		if _, ok := slices.BinarySearch(r.readOnly[c.device], c.tag); ok {
+		if _, ok := slices.BinarySearch(tab.readOnly[c.device], c.tag); ok {
 			t = readOnlyTag
 		}
 	}
@@ -420,11 +645,11 @@ func (r *commandRouter) validate(c *command) (commandResult, bool) {
 		return fail(CodeBadValue, "%v", err), false
 	}
 	c.value = p.value
-	if res, expired := r.expired(c, p.ts); expired {
-		return res, false
-	}
-	if !p.ts.IsZero() {
+	if !p.ts.IsZero() && !slices.Contains(c.who, any("command_ts")) {
 		c.who = append(c.who, "command_ts", p.ts)
+	}
+	if res, expired := r.expired(c, p.ts, tab); expired {
+		return res, false
 	}
 	v := p.value
 	switch v.Kind() {
@@ -450,15 +675,31 @@ func (r *commandRouter) validate(c *command) (commandResult, bool) {
 	return commandResult{}, true
 }
 
-// expired checks the MQTT 5 Message Expiry and command_max_age against
-// the command's ts.
-func (r *commandRouter) expired(c *command, ts time.Time) (commandResult, bool) {
+// expired checks the MQTT 5 Message Expiry, and the command's ts against
+// command_max_skew and command_max_age. A command without either that the
+// broker held in ferry's session before this connection has no known age:
+// it is refused unless command_accept_queued. tab is nil when the command
+// is checked again at its turn (expiry only).
+func (r *commandRouter) expired(c *command, ts time.Time, tab *cmdTables) (commandResult, bool) {
 	now := r.now()
 	if !c.deadline.IsZero() && !now.Before(c.deadline) {
 		return fail(CodeExpired, "message expiry passed %v ago", now.Sub(c.deadline).Round(time.Millisecond)), true
 	}
-	if r.maxAge > 0 && !ts.IsZero() && now.Sub(ts) > r.maxAge {
-		return fail(CodeExpired, "command of %s is %v old (command_max_age %v)", ts.UTC().Format(time.RFC3339Nano), now.Sub(ts).Round(time.Millisecond), r.maxAge), true
+	if tab == nil {
+		return commandResult{}, false
+	}
+	if tab.maxSkew > 0 && !ts.IsZero() && ts.Sub(now) > tab.maxSkew {
+		return fail(CodeExpired, "command ts %s is %v in the future (command_max_skew %v): the sender's clock or ts is wrong, so the command's age is unknown",
+			ts.UTC().Format(time.RFC3339Nano), ts.Sub(now).Round(time.Millisecond), tab.maxSkew), true
+	}
+	if tab.maxAge > 0 && !ts.IsZero() && now.Sub(ts) > tab.maxAge {
+		return fail(CodeExpired, "command of %s is %v old (command_max_age %v)", ts.UTC().Format(time.RFC3339Nano), now.Sub(ts).Round(time.Millisecond), tab.maxAge), true
+	}
+	if c.queued && ts.IsZero() && c.deadline.IsZero() && !tab.acceptQueued {
+		r.mu.Lock()
+		r.queuedN++
+		r.mu.Unlock()
+		return fail(CodeExpired, "the broker held this command for ferry while ferry was not connected, and it carries neither a ts nor a Message Expiry, so its age is unknown (command_accept_queued = false)"), true
 	}
 	return commandResult{}, false
 }
@@ -478,32 +719,38 @@ func codeOf(err error, def string) string {
 	return def
 }
 
-// worker carries out the commands of one device, in order.
+// worker carries out the commands of one device, in order, until its
+// queue is closed (Close, or update retiring the device).
 func (r *commandRouter) worker(d *cmdDevice) {
+	defer close(d.done)
 	for c := range d.queue {
 		r.mu.Lock()
-		closed := r.closed
+		closed, retired := r.closed, d.retired
 		r.mu.Unlock()
-		if closed && c.done == nil {
+		switch {
+		case retired != "" && c.done == nil:
+			r.finish(c, fail(CodeDeviceError, "device %s was %s by a reload before the command's turn; not carried out", d.name, retired))
+		case closed && c.done == nil:
 			r.finish(c, fail(CodeDeviceError, "gateway shutting down; not carried out"))
-			continue
+		default:
+			r.finish(c, r.execute(c))
 		}
-		r.finish(c, r.execute(c))
 	}
 }
 
 // execute writes one validated command: expiry and the rate limit are
 // checked again now that it is its turn.
 func (r *commandRouter) execute(c *command) commandResult {
-	if res, expired := r.expired(c, time.Time{}); expired {
+	if res, expired := r.expired(c, time.Time{}, nil); expired {
 		return res
 	}
 	t := c.t
 	now := r.now()
-	if t.minInterval > 0 && !t.lastWrite.IsZero() && now.Sub(t.lastWrite) < t.minInterval {
-		return fail(CodeRateLimited, "last write %v ago; min_write_interval is %v", now.Sub(t.lastWrite).Round(time.Millisecond), t.minInterval)
+	last := t.dev.lastWrite[t.name]
+	if t.minInterval > 0 && !last.IsZero() && now.Sub(last) < t.minInterval {
+		return fail(CodeRateLimited, "last write %v ago; min_write_interval is %v", now.Sub(last).Round(time.Millisecond), t.minInterval)
 	}
-	t.lastWrite = now
+	t.dev.lastWrite[t.name] = now
 	ctx, cancel := context.WithTimeout(r.ctx, r.writeTimeout)
 	defer cancel()
 	v, err := t.dev.writer.WriteTag(ctx, t.name, c.value, t.verify)
@@ -549,27 +796,45 @@ func (r *commandRouter) finishLocked(c *command, res commandResult) {
 		c.done <- res
 		return
 	}
-	msg := resultMsg{topic: c.resultTopic, payload: res.JSON(), correlation: c.correlation}
 	if r.mq == nil {
 		return
 	}
-	select {
-	case r.results <- msg:
-	default:
+	msg := resultMsg{topic: c.resultTopic, payload: res.JSON(), correlation: c.correlation, clear: c.clear}
+	switch {
+	case !c.slot:
+		// Not reachable: every MQTT command takes a slot in handle.
 		r.dropped++
-		r.log.Error("command result dropped: result queue full", "topic", msg.topic)
+		r.log.Error("command result dropped: no result slot", "topic", msg.topic)
+	case r.resultsClosed:
+		<-r.slots
+		r.failed++
+		r.log.Error("command result not published: gateway shut down", "topic", msg.topic)
+	default:
+		r.results <- msg // never blocks: the slot held guarantees room
 	}
+	c.slot = false
 }
 
 // publishResults publishes the results in order.
+// A retained command's retained message is deleted before its answer
+// goes out. Each published result frees its slot.
 func (r *commandRouter) publishResults() {
 	for m := range r.results {
+		if m.clear != "" {
+			if err := r.mq.ClearRetained(r.ctx, m.clear); err != nil {
+				r.mu.Lock()
+				r.clearFailed++
+				r.mu.Unlock()
+				r.log.Error("retained command not deleted from the broker", "topic", m.clear, "err", err)
+			}
+		}
 		if err := r.mq.Respond(r.ctx, m.topic, m.payload, m.correlation); err != nil {
 			r.mu.Lock()
 			r.failed++
 			r.mu.Unlock()
 			r.log.Error("command result not published", "topic", m.topic, "err", err)
 		}
+		<-r.slots
 	}
 }
 

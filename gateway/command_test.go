@@ -139,6 +139,7 @@ type fakeMQ struct {
 	mu      sync.Mutex
 	h       func(mqtt.Message)
 	results []fakeResult
+	cleared []string
 	notify  chan struct{}
 }
 
@@ -163,6 +164,13 @@ func (f *fakeMQ) Respond(ctx context.Context, topic string, payload, corr []byte
 	case f.notify <- struct{}{}:
 	default:
 	}
+	return nil
+}
+
+func (f *fakeMQ) ClearRetained(ctx context.Context, topic string) error {
+	f.mu.Lock()
+	f.cleared = append(f.cleared, topic)
+	f.mu.Unlock()
 	return nil
 }
 

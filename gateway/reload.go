@@ -53,16 +53,32 @@ func (g *Gateway) Reload(cfg *config.Config) error {
 		fresh[d.name] = dev
 	}
 
-	// The router holds the old devices as writers: close it first, so
-	// running writes end on live devices and queued ones are answered.
-	g.stopCommands()
-	g.cfg = &next
-	g.sink.setRoutes(&next)
-
 	keep := make(map[string]bool, len(wanted))
 	for _, d := range wanted {
 		keep[d.name] = true
 	}
+	// The command router outlives the reload. Hand it the new tables
+	// first: it returns once no write runs on a device that is about to
+	// stop; commands queued for kept devices stay queued.
+	writers := g.commandWriters()
+	for name := range writers {
+		if !keep[name] || fresh[name] != nil {
+			delete(writers, name)
+		}
+	}
+	for name, d := range fresh {
+		if d.poller != nil {
+			writers[name] = d.poller
+		} else {
+			writers[name] = d.client
+		}
+	}
+	if err := g.reloadCommands(&next, writers); err != nil {
+		g.logger.Error("reload: command subscription not changed", "err", err)
+	}
+	g.cfg = &next
+	g.sink.setRoutes(&next)
+
 	var stopped, started, kept []string
 	for name, d := range g.devices {
 		if keep[name] && fresh[name] == nil {
@@ -82,18 +98,10 @@ func (g *Gateway) Reload(cfg *config.Config) error {
 		started = append(started, name)
 	}
 
-	mqttChanged := !reflect.DeepEqual(old.MQTT, next.MQTT)
-	if mqttChanged {
-		// The new router subscribes under the new prefix; the publisher
-		// that carries it is the new one.
-		g.statesMu.Lock()
-		g.cmdFilter = ""
-		g.statesMu.Unlock()
-	}
-	if err := g.startCommands(); err != nil {
-		g.logger.Error("reload: commands not accepted until the next reload", "err", err)
-	}
-	if mqttChanged {
+	g.startCommandWorkers()
+	// With a new topic prefix the router has subscribed to its new filter
+	// (reloadCommands); a new publisher carries it from its start.
+	if mqttChanged := !reflect.DeepEqual(old.MQTT, next.MQTT); mqttChanged {
 		if err := g.replacePublisher(&next); err != nil {
 			g.logger.Error("reload: mqtt settings not applied; keeping the running publisher", "err", err)
 		} else {

@@ -29,6 +29,8 @@ import (
 type deadLetter struct {
 	mu   sync.Mutex
 	path string
+	f    *os.File // opened at the first write, kept open
+	size int64    // bytes in f after the last good write
 }
 
 type deadLine struct {
@@ -44,42 +46,126 @@ type deadLine struct {
 	Payload    json.RawMessage `json:"payload"`
 }
 
-func (d *deadLetter) write(j *job, now time.Time) error {
-	l := deadLine{
-		Time:       now.UTC().Format(time.RFC3339Nano),
-		Seq:        j.seq,
-		Topic:      j.pub.Topic,
-		QoS:        j.pub.QoS,
-		Retain:     j.pub.Retain,
-		ReasonCode: fmt.Sprintf("%#02x", j.rc),
-		Reason:     reasonText(j.rc, j.reason),
-		Attempts:   j.attempts,
-		Held:       j.held,
-		Payload:    j.pub.Payload,
+// write appends one line per job with one write and one fsync. A failed
+// write is cut back, so the file never holds half a line.
+func (d *deadLetter) write(js []*job, now time.Time) error {
+	var b []byte
+	for _, j := range js {
+		l := deadLine{
+			Time:       now.UTC().Format(time.RFC3339Nano),
+			Seq:        j.seq,
+			Topic:      j.pub.Topic,
+			QoS:        j.pub.QoS,
+			Retain:     j.pub.Retain,
+			ReasonCode: fmt.Sprintf("%#02x", j.rc),
+			Reason:     reasonText(j.rc, j.reason),
+			Attempts:   j.attempts,
+			Held:       j.held,
+			Payload:    j.pub.Payload,
+		}
+		if !json.Valid(l.Payload) {
+			l.Payload, _ = json.Marshal(string(j.pub.Payload))
+		}
+		line, err := json.Marshal(l)
+		if err != nil {
+			return fmt.Errorf("dead-letter line of seq %d: %w", j.seq, err)
+		}
+		b = append(append(b, line...), '\n')
 	}
-	if !json.Valid(l.Payload) {
-		l.Payload, _ = json.Marshal(string(j.pub.Payload))
-	}
-	b, err := json.Marshal(l)
-	if err != nil {
-		return err
-	}
-	b = append(b, '\n')
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	f, err := os.OpenFile(d.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if d.f == nil {
+		f, err := os.OpenFile(d.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return err
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return err
+		}
+		d.f, d.size = f, st.Size()
+	}
+	n, err := d.f.Write(b)
+	if err == nil {
+		err = d.f.Sync()
+	}
 	if err != nil {
+		if n > 0 {
+			_ = d.f.Truncate(d.size)
+		}
 		return err
 	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
+	d.size += int64(n)
+	return nil
+}
+
+func (d *deadLetter) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.f != nil {
+		d.f.Close()
+		d.f = nil
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+}
+
+// maxDeadBatch bounds the dead letters written with one fsync.
+const maxDeadBatch = 1024
+
+// deadWriter writes the jobs handed over on p.deadCh to the dead-letter
+// file, in batches of what has queued up (one fsync each), and then marks
+// them done and acks them; it ends when p.deadCh is closed. The sender
+// therefore never waits for an fsync per refused record: with many
+// refused records a second, that had throttled every other topic.
+func (p *Publisher) deadWriter() {
+	for j := range p.deadCh {
+		batch := []*job{j}
+	more:
+		for len(batch) < maxDeadBatch {
+			select {
+			case j, ok := <-p.deadCh:
+				if !ok {
+					break more
+				}
+				batch = append(batch, j)
+			default:
+				break more
+			}
+		}
+		p.writeDead(batch)
 	}
-	return f.Close()
+}
+
+func (p *Publisher) writeDead(batch []*job) {
+	if err := p.dl.write(batch, time.Now()); err != nil {
+		p.logger.Error("dead-letter file not written; will retry the records", "file", p.dl.path, "records", len(batch),
+			"first_seq", batch[0].seq, "err", err)
+		p.jmu.Lock()
+		for _, j := range batch {
+			j.held = false
+			p.retryLocked(j)
+		}
+		p.jmu.Unlock()
+		ring(p.wake)
+		return
+	}
+	seqs := make([]uint64, len(batch))
+	for i, j := range batch {
+		seqs[i] = j.seq
+	}
+	p.store.markDone(seqs...)
+	p.stats.deadLettered.Add(uint64(len(batch)))
+	for _, j := range batch {
+		if ok, suppressed := p.refusals.allow("dead " + j.pub.Topic); ok {
+			p.logger.Error("record moved to the dead-letter file", "file", p.dl.path, "topic", j.pub.Topic, "seq", j.seq,
+				"reason_code", fmt.Sprintf("%#02x", j.rc), "attempts", j.attempts, "held", j.held, "suppressed", suppressed)
+		}
+		if err := p.log.Ack(j.seq); err != nil {
+			p.logger.Error("ack dead-lettered record", "seq", j.seq, "err", err)
+		}
+		p.announce(j)
+	}
+	ring(p.wake)
 }
 
 // topicHold is a topic the broker refused for good (see Publisher.fail).

@@ -150,6 +150,7 @@ type Publisher struct {
 	wake      chan struct{} // wakes the sender: an ack, a failure, a connection
 	ahead     int           // maxAhead (smaller in tests)
 	dl        *deadLetter
+	deadCh    chan *job   // to deadWriter; nil without dl
 	payloads  sync.Pool   // *[]byte: payload buffers of delivered jobs
 	refusals  *logLimiter // refusal and dead-letter log lines, per topic
 
@@ -168,17 +169,18 @@ type Publisher struct {
 
 	// jmu guards the jobs in the session and the queues of jobs to send
 	// again. Held briefly; never across I/O.
-	jmu      sync.Mutex
-	pending  map[uint64]*job       // in the session, awaiting completion
-	window   int                   // max len(pending) on this connection
-	resend   []*job                // session lost: publish again first, in seq order
-	retry    []*job                // refused: publish again at due
-	dead     []*job                // refused too often: dead-letter
-	holds    map[string]*topicHold // topics refused for good: records dead-lettered unsent until the hold ends
-	notices  []deadNotice          // dead letters not yet announced on DeadLetterTopic
-	skip     map[uint64]bool       // seqs handled at start (in flight or done)
-	skipTo   uint64                // no seq >= skipTo is in skip
-	nextRate time.Time             // replay pacing
+	jmu       sync.Mutex
+	pending   map[uint64]*job       // in the session, awaiting completion
+	window    int                   // max len(pending) on this connection
+	resend    []*job                // session lost: publish again first, in seq order
+	retry     []*job                // refused: publish again at due
+	dead      []*job                // refused too often: dead-letter
+	holds     map[string]*topicHold // topics refused for good: records dead-lettered unsent until the hold ends
+	lastProbe time.Time             // when a held topic was last sent again
+	notices   []deadNotice          // dead letters not yet announced on DeadLetterTopic
+	skip      map[uint64]bool       // seqs handled at start (in flight or done)
+	skipTo    uint64                // no seq >= skipTo is in skip
+	nextRate  time.Time             // replay pacing
 
 	subMu sync.Mutex
 	subs  []subscription // see Subscribe (inbound.go)
@@ -256,6 +258,7 @@ func New(cfg Config, log Log) (*Publisher, error) {
 	}
 	if cfg.DeadLetterFile != "" {
 		p.dl = &deadLetter{path: cfg.DeadLetterFile}
+		p.deadCh = make(chan *job, maxDeadBatch)
 	}
 	p.backlog.Store(true)
 	return p, nil
@@ -380,7 +383,16 @@ func (p *Publisher) Run(ctx context.Context) error {
 	bg.Go(func() { p.connectionLoop(connCtx) })
 	stateWG.Go(func() { p.stateLoop(stateCtx) })
 
+	var dlWG sync.WaitGroup
+	if p.dl != nil {
+		dlWG.Go(p.deadWriter)
+	}
 	p.sender(ctx) // returns when ctx is done
+	if p.dl != nil {
+		close(p.deadCh) // the sender was the only one to send on it
+		dlWG.Wait()
+		p.dl.close()
+	}
 
 	// Shutdown: wait for the acknowledgements of what is in flight.
 	deadline := time.Now().Add(p.cfg.ShutdownGrace)
@@ -861,8 +873,20 @@ func (p *Publisher) held(j *job) bool {
 	p.jmu.Lock()
 	defer p.jmu.Unlock()
 	h := p.holds[j.pub.Topic]
-	if h == nil || time.Now().After(h.until) {
-		return false // the next record of the topic is sent: it probes the broker
+	if h == nil {
+		return false
+	}
+	now := time.Now()
+	if now.After(h.until) {
+		// The hold is over: this record is sent and probes the broker,
+		// unless another held topic was probed just now (each probe of a
+		// denied topic costs a reconnect with mosquitto: many held topics
+		// must not add up to a reconnect every few hundred ms).
+		if now.Sub(p.lastProbe) >= p.cfg.RetryMin {
+			p.lastProbe = now
+			return false
+		}
+		h.until = p.lastProbe.Add(p.cfg.RetryMin + time.Duration(randInt63n(int64(p.cfg.RetryMin)+1)))
 	}
 	j.rc, j.reason, j.held = h.rc, h.reason, true
 	return true
@@ -879,28 +903,13 @@ func refusedForGood(rc byte) bool {
 	return false
 }
 
+// deadLetter hands j to the dead-letter writer (see deadWriter); called by
+// the sender only, which alone reads the log (load).
 func (p *Publisher) deadLetter(j *job) {
 	if !p.load(j) {
 		return
 	}
-	if err := p.dl.write(j, time.Now()); err != nil {
-		p.logger.Error("dead-letter file not written; will retry the record", "file", p.dl.path, "seq", j.seq, "err", err)
-		j.held = false
-		p.jmu.Lock()
-		p.retryLocked(j)
-		p.jmu.Unlock()
-		return
-	}
-	p.store.markDone(j.seq)
-	p.stats.deadLettered.Add(1)
-	if ok, suppressed := p.refusals.allow("dead " + j.pub.Topic); ok {
-		p.logger.Error("record moved to the dead-letter file", "file", p.dl.path, "topic", j.pub.Topic, "seq", j.seq,
-			"reason_code", fmt.Sprintf("%#02x", j.rc), "attempts", j.attempts, "held", j.held, "suppressed", suppressed)
-	}
-	if err := p.log.Ack(j.seq); err != nil {
-		p.logger.Error("ack dead-lettered record", "seq", j.seq, "err", err)
-	}
-	p.announce(j)
+	p.deadCh <- j
 }
 
 // reasonText is reason when set, else the standard meaning of rc.

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -306,5 +307,43 @@ func TestReadAheadUnblocked(t *testing.T) {
 	data, err := os.ReadFile(cfg.DeadLetterFile)
 	if err != nil || !strings.Contains(string(data), `"seq":1,`) || !strings.Contains(string(data), `"reason_code":"0x97"`) {
 		t.Errorf("dead-letter file %q, %v", data, err)
+	}
+}
+
+// TestHeldProbesSpaced: when the holds of several refused topics end
+// together, one of them is probed and the others wait RetryMin more, so
+// the probes (each a reconnect with mosquitto) do not pile up.
+func TestHeldProbesSpaced(t *testing.T) {
+	cfg := testConfig(t, "mqtt://127.0.0.1:1")
+	cfg.DeadLetterFile = filepath.Join(t.TempDir(), "dead.jsonl")
+	cfg.RetryMin, cfg.RetryMax = time.Hour, time.Hour
+	p, err := New(cfg, newMemLog(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	past := time.Now().Add(-time.Second)
+	var jobs []*job
+	for i := range 3 {
+		topic := fmt.Sprintf("%s/d/t%d", prefix, i)
+		p.holds[topic] = &topicHold{until: past, refusals: 1, rc: 0x87}
+		j, err := p.newJob(uint64(i+1), record.AppendReading(nil, topic, false, adapters.Reading{Value: adapters.IntValue(1), Time: ts0}), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs = append(jobs, j)
+	}
+	probes := 0
+	for _, j := range jobs {
+		if !p.held(j) {
+			probes++
+		}
+	}
+	if probes != 1 {
+		t.Fatalf("%d of 3 expired holds probed at once, want 1", probes)
+	}
+	for topic, h := range p.holds {
+		if h.until.Before(time.Now().Add(30*time.Minute)) && topic != jobs[0].pub.Topic {
+			t.Errorf("hold of %s extended only to %v", topic, h.until)
+		}
 	}
 }

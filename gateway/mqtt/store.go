@@ -494,16 +494,22 @@ func (s *sessionStore) failNext(id uint16) {
 	s.mu.Unlock()
 }
 
-// markDone records seq as done without a packet (dead-lettered).
-func (s *sessionStore) markDone(seq uint64) {
+// markDone records seqs as done without a packet (dead-lettered), in one
+// write.
+func (s *sessionStore) markDone(seqs ...uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.addMark(seq)
 	var b [17]byte
 	b[0] = recMark
-	binary.LittleEndian.PutUint64(b[1:], seq)
-	binary.LittleEndian.PutUint64(b[9:], seq)
-	s.write(b[:])
+	for _, seq := range seqs {
+		s.addMark(seq)
+		if s.f != nil {
+			binary.LittleEndian.PutUint64(b[1:], seq)
+			binary.LittleEndian.PutUint64(b[9:], seq)
+			s.pend = s.frame(s.pend, b[:])
+		}
+	}
+	s.flushLocked()
 }
 
 func (s *sessionStore) addMark(seq uint64) {

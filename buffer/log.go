@@ -47,6 +47,10 @@ const (
 	DefaultCursorInterval = time.Second
 )
 
+// minSegmentBytes is the smallest segment size Open picks for a small disk
+// (see Options.SegmentBytes).
+const minSegmentBytes = 64 << 10
+
 // maxGroupYields bounds the yields of a group commit leader (see syncTo).
 const maxGroupYields = 8
 
@@ -67,7 +71,9 @@ type Options struct {
 	// SegmentBytes is the size at which a segment is cut: a new segment is
 	// started when the next Append batch would make the current one larger.
 	// If zero, DefaultSegmentBytes. If MaxBytes is set, SegmentBytes is
-	// lowered to MaxBytes/4 when larger, so the cap can drop in small steps.
+	// lowered to MaxBytes/4 when larger, so the cap can drop in small steps,
+	// and to an eighth of the disk space available to the buffer at Open
+	// (at least 64 KiB), so acknowledged space comes back in small steps.
 	SegmentBytes int64
 	// MaxBytes caps the total size of the segment files. When an Append
 	// makes them exceed it, the oldest whole segments are dropped, acked or
@@ -383,9 +389,19 @@ func Open(dir string, opts Options) (*Log, error) {
 		lock.Close()
 		return nil, fmt.Errorf("buffer: open %s: %w", dir, err)
 	}
-	if free, ok := freeBytes(dir); ok && opts.MaxBytes > 0 && free+l.total < opts.MaxBytes {
-		logger.Warn("buffer: max_bytes is larger than the free disk space: when the disk fills up, appends fail (and readings are lost) before the size cap drops old records",
-			"dir", dir, "max_bytes", opts.MaxBytes, "free_bytes", free, "buffer_bytes", l.total)
+	if free, ok := freeBytes(dir); ok {
+		room := free + l.total
+		if opts.MaxBytes > 0 && room < opts.MaxBytes {
+			logger.Warn("buffer: max_bytes is larger than the free disk space: when the disk fills up, appends fail (and readings are lost) before the size cap drops old records",
+				"dir", dir, "max_bytes", opts.MaxBytes, "free_bytes", free, "buffer_bytes", l.total)
+		}
+		if limit := max(room/8, minSegmentBytes); limit < l.opts.SegmentBytes {
+			// On a small disk, acknowledged space must come back in small
+			// steps (whole segments), not only when the disk is full.
+			l.opts.SegmentBytes = limit
+			logger.Info("buffer: small disk: segments are cut at an eighth of the space available",
+				"dir", dir, "segment_bytes", limit, "free_bytes", free, "buffer_bytes", l.total)
+		}
 	}
 	go l.run()
 	return l, nil

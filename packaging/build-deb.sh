@@ -77,6 +77,8 @@ for arch in "${archs[@]}"; do
   install -m 0644 examples/ferry.toml "$stage/usr/share/doc/ferry/ferry.toml.example"
   install -m 0644 README.md "$stage/usr/share/doc/ferry/README.md"
 
+  # Depends: what the unit runs besides ferry (ExecReload=/bin/kill is procps,
+  # which minimal installs leave out); a test keeps this list complete.
   cat > "$stage/DEBIAN/control" <<CONTROL
 Package: ferry
 Version: $version
@@ -84,6 +86,7 @@ Architecture: $arch
 Maintainer: ferry developers <ferry@localhost>
 Section: net
 Priority: optional
+Depends: procps
 Installed-Size: $(du -ks "$stage" | cut -f1)
 Description: industrial telemetry gateway: Modbus and OPC UA to MQTT 5
  Polls Modbus (TCP, RTU) and OPC UA devices, keeps every reading in a

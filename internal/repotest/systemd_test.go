@@ -118,6 +118,7 @@ func TestDebPackage(t *testing.T) {
 			t.Errorf("conffiles lack %s:\n%s", want, conffiles)
 		}
 	}
+	checkDepends(t, deb)
 	contents, err := exec.Command("dpkg-deb", "--contents", deb).CombinedOutput()
 	if err != nil {
 		t.Fatalf("dpkg-deb --contents: %v\n%s", err, contents)
@@ -173,6 +174,44 @@ func TestDebPackage(t *testing.T) {
 	}
 	if b, err := check(example, nil); err == nil {
 		t.Errorf("the packaged example passed check without any variable; this test no longer shows that /etc/default/ferry is needed:\n%s", b)
+	}
+}
+
+// checkDepends: every program the unit runs, other than ferry, comes from
+// an essential package or one the .deb depends on. (A minimal Debian has no
+// /bin/kill: procps is not essential.)
+func checkDepends(t *testing.T, deb string) {
+	t.Helper()
+	out, err := exec.Command("dpkg-deb", "--field", deb, "Depends").Output()
+	if err != nil {
+		t.Fatalf("dpkg-deb --field Depends: %v", err)
+	}
+	depends := map[string]bool{}
+	for _, d := range strings.Split(string(out), ",") {
+		if f := strings.Fields(d); len(f) > 0 {
+			depends[f[0]] = true
+		}
+	}
+	for key, values := range unitSection(t, "Service") {
+		if !strings.HasPrefix(key, "Exec") {
+			continue
+		}
+		for _, v := range values {
+			prog := strings.TrimLeft(strings.Fields(v)[0], "-@+!:")
+			if prog == "/usr/bin/ferry" {
+				continue
+			}
+			owner, err := exec.Command("dpkg", "-S", prog).Output()
+			if err != nil {
+				t.Errorf("%s=%s: no installed package has %s (dpkg -S); install it to run this test", key, v, prog)
+				continue
+			}
+			pkg, _, _ := strings.Cut(strings.TrimSpace(string(owner)), ":")
+			essential, _ := exec.Command("dpkg-query", "-W", "-f", "${Essential}", pkg).Output()
+			if !depends[pkg] && strings.TrimSpace(string(essential)) != "yes" {
+				t.Errorf("%s=%s runs %s from %s, which is not essential and not in the package's Depends (%s)", key, v, prog, pkg, strings.TrimSpace(string(out)))
+			}
+		}
 	}
 }
 

@@ -312,7 +312,7 @@ func checkSharedLink(t *table, links map[string]ModbusDevice, dev ModbusDevice) 
 		return
 	}
 	if first.Speed != dev.Speed || first.DataBits != dev.DataBits || first.Parity != dev.Parity || first.StopBits != dev.StopBits {
-		t.errf("url", "shares %q with device %q (one connection), but its serial settings differ: speed, data_bits, parity and stop_bits must match", RedactURL(dev.URL), first.Name)
+		t.errf("url", "shares %q with device %q (one connection), but its serial settings differ: speed, data_bits, parity and stop_bits must match", shownURL(dev.URL), first.Name)
 	}
 }
 

@@ -51,6 +51,7 @@ func TestRedactURL(t *testing.T) {
 		"opc.tcp://a:b@c@host:4840":                     "opc.tcp://a:xxxxx@host:4840",
 		"tcp://10.0.0.5:502":                            "tcp://10.0.0.5:502",
 		"mqtt://u:" + strings.Repeat("s", 100) + "@h:1": "mqtt://u:xxxxx@h:1",
+		"mqtt://u:p@" + strings.Repeat("h", 100) + ":1": "mqtt://u:xxxxx@" + strings.Repeat("h", 100) + ":1",
 	} {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)

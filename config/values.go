@@ -233,7 +233,7 @@ func checkHostPort(hp string, needHost bool) error {
 func parseURL(s string, schemes ...string) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return nil, fmt.Errorf("invalid URL %q", RedactURL(s))
+		return nil, fmt.Errorf("invalid URL %q", shownURL(s))
 	}
 	scheme := strings.ToLower(u.Scheme)
 	for _, sc := range schemes {
@@ -243,9 +243,9 @@ func parseURL(s string, schemes ...string) (*url.URL, error) {
 		}
 	}
 	if u.Scheme == "" {
-		return nil, fmt.Errorf("invalid URL %q: missing scheme, expected %s", RedactURL(s), schemeList(schemes))
+		return nil, fmt.Errorf("invalid URL %q: missing scheme, expected %s", shownURL(s), schemeList(schemes))
 	}
-	return nil, fmt.Errorf("unsupported scheme %q in %q, expected %s", clip(u.Scheme), RedactURL(s), schemeList(schemes))
+	return nil, fmt.Errorf("unsupported scheme %q in %q, expected %s", clip(u.Scheme), shownURL(s), schemeList(schemes))
 }
 
 func schemeList(schemes []string) string {
@@ -256,11 +256,11 @@ func schemeList(schemes []string) string {
 	return strings.Join(q, ", ")
 }
 
-// RedactURL returns s for a message: the password of its user info
-// replaced by "xxxxx" (mqtt://user:xxxxx@host), as net/url's Redacted does,
-// and clipped. It also works on strings url.Parse refuses, and treats
-// everything up to the last '@' as user info, so that a password holding
-// '/', '?' or '#' is not shown either.
+// RedactURL returns s for a message or a log: the password of its user
+// info replaced by "xxxxx" (mqtt://user:xxxxx@host), as net/url's Redacted
+// does. It also works on strings url.Parse refuses, and treats everything
+// up to the last '@' as user info, so that a password holding '/', '?' or
+// '#' is not shown either.
 func RedactURL(s string) string {
 	start := 0
 	if i := strings.Index(s, "://"); i >= 0 {
@@ -272,23 +272,26 @@ func RedactURL(s string) string {
 			s = s[:start] + name + ":xxxxx" + s[start+at:]
 		}
 	}
-	return clip(s)
+	return s
 }
+
+// shownURL is s redacted and clipped for an error message.
+func shownURL(s string) string { return clip(RedactURL(s)) }
 
 // checkNetURL checks that u has host:port and nothing else (no user
 // info, path, query or fragment), unless allowPath.
 func checkNetURL(u *url.URL, s string, allowPath bool) error {
 	if u.User != nil {
-		return fmt.Errorf("credentials in the URL %q are not supported: use username and password (or password_file)", RedactURL(s))
+		return fmt.Errorf("credentials in the URL %q are not supported: use username and password (or password_file)", shownURL(s))
 	}
 	if u.Opaque != "" || u.Host == "" {
-		return fmt.Errorf("missing host:port in %q", RedactURL(s))
+		return fmt.Errorf("missing host:port in %q", shownURL(s))
 	}
 	if err := checkHostPort(u.Host, true); err != nil {
-		return fmt.Errorf("invalid URL %q: %v", RedactURL(s), err)
+		return fmt.Errorf("invalid URL %q: %v", shownURL(s), err)
 	}
 	if !allowPath && (u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.Fragment != "") {
-		return fmt.Errorf("unexpected path or query in %q", RedactURL(s))
+		return fmt.Errorf("unexpected path or query in %q", shownURL(s))
 	}
 	return nil
 }

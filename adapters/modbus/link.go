@@ -5,6 +5,7 @@ import (
 	"log"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -68,7 +69,11 @@ func acquireLink(dev config.ModbusDevice, p *Poller, logger *slog.Logger) (*link
 			return nil, fmt.Errorf("modbus[%s]: unknown parity %q", dev.Name, dev.Parity)
 		}
 	}
-	// Validate the URL now, without I/O.
+	// Validate the URL now, without I/O. Credentials in it are refused
+	// (as the config does) so that no message or log can show them.
+	if u, err := url.Parse(dev.URL); err != nil || u.User != nil {
+		return nil, fmt.Errorf("modbus[%s]: url %q: invalid, or holds credentials", dev.Name, config.RedactURL(dev.URL))
+	}
 	probe := cc
 	probe.Timeout = time.Second
 	if _, err := mb.NewClient(&probe); err != nil {

@@ -344,3 +344,18 @@ func TestWriteToHungDevice(t *testing.T) {
 		check(t, err, "no answer within 50ms", "may have been carried out")
 	})
 }
+
+// A URL with credentials (ferry probe passes one straight from the command
+// line) is refused without showing the password, so no later message or
+// log can show it either (issue 21).
+func TestURLCredentialsNeverShown(t *testing.T) {
+	d := testDevice("tcp://user:s3cret@127.0.0.1:1", tg("a", config.TableHolding, 0, "uint16"))
+	p, err := NewPoller(d, nil, nil)
+	if err == nil {
+		p.Close()
+		t.Fatal("a URL with credentials was accepted")
+	}
+	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "user:xxxxx@") {
+		t.Fatalf("error %q", err)
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,6 +99,11 @@ func NewClient(dev config.OPCUADevice, stateDir string, sink adapters.Sink, logg
 		kick: make(chan struct{}, 1),
 	}
 	c.dev.Endpoint = strings.TrimSpace(dev.Endpoint)
+	// Credentials in the endpoint are refused (as the config does), so
+	// that no message or log below can show them.
+	if u, err := url.Parse(c.dev.Endpoint); err != nil || u.User != nil {
+		return nil, fmt.Errorf("opcua[%s]: endpoint %q: invalid, or holds credentials (use username and password)", dev.Name, config.RedactURL(c.dev.Endpoint))
+	}
 	if c.dev.SecurityPolicy == "" {
 		c.dev.SecurityPolicy = "None"
 	}

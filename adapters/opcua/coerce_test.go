@@ -3,6 +3,7 @@ package opcua
 import (
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/ferry-gateway/ferry/adapters"
@@ -90,5 +91,17 @@ func TestCheckWriteLimitsExact(t *testing.T) {
 		if got := writeCode(c.CheckWrite(cs.tag, cs.v)); got != cs.code {
 			t.Errorf("%s %v: %s, want %s", cs.tag, cs.v, got, cs.code)
 		}
+	}
+}
+
+// An endpoint with credentials (ferry browse passes one straight from the
+// command line) is refused without showing the password (issue 21).
+func TestEndpointCredentialsNeverShown(t *testing.T) {
+	_, err := NewClient(device("d", "opc.tcp://op:s3cret@127.0.0.1:1"), "", nil, nil)
+	if err == nil {
+		t.Fatal("an endpoint with credentials was accepted")
+	}
+	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "op:xxxxx@") {
+		t.Fatalf("error %q", err)
 	}
 }

@@ -10,19 +10,20 @@ import (
 
 // Health is the state /healthz reports.
 type Health struct {
-	OK            bool     `json:"ok"`
-	Connected     bool     `json:"mqtt_connected"`
-	BufferRecords uint64   `json:"buffer_records"`
-	BufferBytes   int64    `json:"buffer_bytes"`
-	BufferMax     int64    `json:"buffer_max_bytes"`
-	DevicesUp     int      `json:"devices_up"`
-	Devices       int      `json:"devices"`
-	Reasons       []string `json:"reasons,omitempty"` // why not OK
+	OK            bool   `json:"ok"`
+	Connected     bool   `json:"mqtt_connected"`
+	BufferRecords uint64 `json:"buffer_records"`
+	BufferBytes   int64  `json:"buffer_bytes"`
+	BufferMax     int64  `json:"buffer_max_bytes"`
+	DevicesUp     int    `json:"devices_up"`
+	Devices       int    `json:"devices"`
+	// DiskFull is true while buffer writes fail with ENOSPC;
+	// AppendsFailing while readings cannot be appended (for any reason).
+	DiskFull       bool     `json:"buffer_disk_full,omitempty"`
+	AppendsFailing bool     `json:"buffer_appends_failing,omitempty"`
+	ReadingsLost   uint64   `json:"readings_lost,omitempty"` // since start: readings given up, seen by consumers as seq gaps
+	Reasons        []string `json:"reasons,omitempty"`       // why not OK
 }
-
-// appendFailingUnhealthy is how long buffer appends may fail before the
-// gateway reports itself unhealthy.
-const appendFailingUnhealthy = 30 * time.Second
 
 // bufferNearlyFull is the share of max_bytes above which a buffer no
 // longer counts as "within its limits" while the broker is unreachable.
@@ -53,8 +54,23 @@ func (g *Gateway) Health() Health {
 	if !h.Connected && !roomy {
 		h.Reasons = append(h.Reasons, fmt.Sprintf("mqtt disconnected and the buffer is over %.0f%% of max_bytes", 100*bufferNearlyFull))
 	}
-	if since := g.sink.failingSince.Load(); since != 0 && time.Since(time.Unix(0, since)) > appendFailingUnhealthy {
-		h.Reasons = append(h.Reasons, fmt.Sprintf("buffer appends failing for %v (disk full?)", time.Since(time.Unix(0, since)).Round(time.Second)))
+	h.DiskFull = st.DiskFull
+	h.ReadingsLost = g.sink.lost.Load()
+	if since := g.sink.failingSince.Load(); since != 0 {
+		// Readings are at risk from the first failure: say so at once.
+		h.AppendsFailing = true
+		why := "write error"
+		if st.DiskFull {
+			why = "disk full"
+		}
+		h.Reasons = append(h.Reasons, fmt.Sprintf("buffer appends failing for %v (%s): %d readings held in memory, %d lost so far (seq gaps)",
+			time.Since(time.Unix(0, since)).Round(time.Second), why, g.sink.queued.Load(), h.ReadingsLost))
+	} else if st.WriteFailing {
+		why := "write error"
+		if st.DiskFull {
+			why = "disk full"
+		}
+		h.Reasons = append(h.Reasons, fmt.Sprintf("buffer writes failing for %v (%s)", time.Since(st.FailingSince).Round(time.Second), why))
 	}
 	if h.Devices > 0 && h.DevicesUp == 0 {
 		h.Reasons = append(h.Reasons, "no device is up")

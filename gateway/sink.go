@@ -17,6 +17,9 @@ import (
 // appender is the buffer as the sink uses it.
 type appender interface {
 	Append(recs ...[]byte) (first uint64, err error)
+	// Skip gives up n seqs for records that could not be stored, so that
+	// consumers see the loss as a gap in the seqs.
+	Skip(n uint64) error
 }
 
 // stater receives device state changes as retained P/DEVICE/status
@@ -51,10 +54,12 @@ type sink struct {
 
 	// Records whose append failed (disk full, I/O error) wait here, at
 	// most retryBytes, and go first at the next append: a short disk-full
-	// episode loses nothing and order is kept. Overflow drops the oldest.
+	// episode loses nothing and order is kept. Overflow drops the oldest,
+	// and their seqs are skipped in the buffer, so consumers see the gap.
 	retryMu      sync.Mutex
 	retry        [][]byte // owned copies
 	retryBytes   int
+	episodeLost  uint64        // lost in the current episode; retryMu held
 	queued       atomic.Int64  // len(retry), read without the lock
 	failingSince atomic.Int64  // unix nanos of the first failure of the current episode; 0 when appends work
 	lost         atomic.Uint64 // records given up: dropped from the queue or refused for good
@@ -166,11 +171,20 @@ func (s *sink) refused(rs []adapters.Reading, recs [][]byte, err error) bool {
 	case errors.Is(err, buffer.ErrClosed):
 		return true
 	case errors.Is(err, buffer.ErrRecordTooLarge):
-		s.lost.Add(uint64(len(recs)))
+		s.giveUp(uint64(len(recs)))
 		s.appendFailed(rs, err)
 		return true
 	}
 	return false
+}
+
+// giveUp counts n records as lost and skips their seqs in the buffer: the
+// next record appended gets a seq n higher, so consumers see the gap.
+func (s *sink) giveUp(n uint64) {
+	s.lost.Add(n)
+	if err := s.log.Skip(n); err != nil && !errors.Is(err, buffer.ErrClosed) {
+		s.logger.Error("cannot mark lost readings as a seq gap", "records", n, "err", err)
+	}
 }
 
 // retryAppend appends the queued records, then recs; whatever cannot be
@@ -184,9 +198,11 @@ func (s *sink) retryAppend(rs []adapters.Reading, recs [][]byte) {
 			s.enqueue(recs)
 			return
 		}
-		s.logger.Info("buffer appends work again; queued readings appended", "records", len(s.retry))
+		s.logger.Info("buffer appends work again; queued readings appended",
+			"records", len(s.retry), "lost", s.episodeLost,
+			"failing_for", time.Since(time.Unix(0, s.failingSince.Load())).Round(time.Millisecond))
 		clear(s.retry)
-		s.retry, s.retryBytes = s.retry[:0], 0
+		s.retry, s.retryBytes, s.episodeLost = s.retry[:0], 0, 0
 		s.queued.Store(0)
 		s.failingSince.Store(0)
 	}
@@ -215,7 +231,8 @@ func (s *sink) enqueue(recs [][]byte) {
 	}
 	if drop > 0 {
 		s.retry = append(s.retry[:0], s.retry[drop:]...)
-		s.lost.Add(uint64(drop))
+		s.episodeLost += uint64(drop)
+		s.giveUp(uint64(drop))
 	}
 	s.queued.Store(int64(len(s.retry)))
 }
@@ -266,7 +283,7 @@ func (s *sink) appendFailed(rs []adapters.Reading, err error) {
 	now := time.Now().UnixNano()
 	last := s.lastErrLog.Load()
 	if now-last >= int64(time.Minute) && s.lastErrLog.CompareAndSwap(last, now) {
-		s.logger.Error("buffer append failed; readings are held in memory (up to 1 MiB) and appended when the disk takes them again",
+		s.logger.Error("buffer append failed; readings are held in memory (up to 1 MiB, then the oldest are lost and their seqs skipped) and appended when the disk takes them again",
 			"device", rs[0].Device, "readings", len(rs), "failures", n, "lost_so_far", s.lost.Load(), "err", err)
 	}
 }

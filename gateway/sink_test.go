@@ -94,9 +94,15 @@ func TestSinkAppendsOneRecordPerReading(t *testing.T) {
 // flakyLog fails appends while full is set (like a full disk) and keeps
 // what it accepted.
 type flakyLog struct {
-	full  bool
-	calls int
-	got   []string
+	full    bool
+	calls   int
+	got     []string
+	skipped uint64
+}
+
+func (f *flakyLog) Skip(n uint64) error {
+	f.skipped += n
+	return nil
 }
 
 func (f *flakyLog) Append(recs ...[]byte) (uint64, error) {
@@ -160,6 +166,72 @@ func TestSinkDiskFull(t *testing.T) {
 	}
 	if s.lost.Load() == 0 || s.retryBytes > retryLimit {
 		t.Errorf("lost %d, queued bytes %d; want some lost and at most %d queued", s.lost.Load(), s.retryBytes, retryLimit)
+	}
+	if f.skipped != s.lost.Load() {
+		t.Errorf("lost %d readings but skipped %d seqs", s.lost.Load(), f.skipped)
+	}
+}
+
+// TestSinkLostReadingsLeaveSeqGap: a disk-full episode long enough for the
+// in-memory queue to drop readings, on the real buffer: once the disk takes
+// writes again, the seqs show a gap exactly as large as the readings lost,
+// where they would have been, and the queued readings follow in order.
+// Before the fix the lost readings took no seq: no gap showed.
+func TestSinkLostReadingsLeaveSeqGap(t *testing.T) {
+	faults := buffertest.NewFaults()
+	blog, err := buffer.Open(t.TempDir(), buffer.Options{Sync: buffer.SyncNone, OpenFile: faults.OpenFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blog.Close()
+	s := newSink(sinkConfig(), blog, &stateLog{}, slog.New(slog.DiscardHandler))
+	pad := strings.Repeat("x", 1000)
+	cycle := func(i int) {
+		s.Readings([]adapters.Reading{{Device: "plc1", Tag: "temp", Value: adapters.StringValue(fmt.Sprintf("%d %s", i, pad))}})
+	}
+	for i := range 10 {
+		cycle(i)
+	}
+	faults.Set(func(f *buffertest.Faults) { f.Write = syscall.ENOSPC })
+	const n = 3000 // ~3 MB: about 2 MB is lost
+	for i := 10; i < 10+n; i++ {
+		cycle(i)
+	}
+	lost := s.lost.Load()
+	if lost == 0 {
+		t.Fatal("nothing lost: the queue held everything; the test tests nothing")
+	}
+	faults.Clear()
+	cycle(10 + n)
+	var seqs []uint64
+	var values []int
+	if _, err := blog.Scan(1, 0, func(seq uint64, data []byte) error {
+		m, err := record.Decode(data)
+		if err != nil {
+			return err
+		}
+		var v int
+		body := string(m.Body)
+		if _, err := fmt.Sscanf(body[strings.Index(body, `"value":"`)+len(`"value":"`):], "%d", &v); err != nil {
+			return fmt.Errorf("seq %d: %s: %w", seq, body, err)
+		}
+		seqs, values = append(seqs, seq), append(values, v)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var gap uint64
+	for i := 1; i < len(seqs); i++ {
+		gap += seqs[i] - seqs[i-1] - 1
+		if d := values[i] - values[i-1]; d < 1 || uint64(d-1) != seqs[i]-seqs[i-1]-1 {
+			t.Fatalf("seq %d (value %d) after seq %d (value %d): the gap in seqs is not the readings lost", seqs[i], values[i], seqs[i-1], values[i-1])
+		}
+	}
+	if gap != lost {
+		t.Fatalf("seq gaps total %d, readings lost %d", gap, lost)
+	}
+	if values[len(values)-1] != 10+n || uint64(len(values))+lost != 11+n {
+		t.Fatalf("%d readings stored + %d lost, want %d", len(values), lost, 11+n)
 	}
 }
 
@@ -250,6 +322,7 @@ func BenchmarkSinkModes(b *testing.B) {
 type discard struct{}
 
 func (discard) Append(...[]byte) (uint64, error) { return 1, nil }
+func (discard) Skip(uint64) error                { return nil }
 
 // TestSinkDiskFullRealBuffer: the real buffer on a disk that fills up
 // (ENOSPC from the file layer): polling never blocks, and when space comes

@@ -1,10 +1,12 @@
 package opcua
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferry-gateway/ferry/adapters"
 	"github.com/ferry-gateway/ferry/config"
@@ -103,5 +105,22 @@ func TestEndpointCredentialsNeverShown(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "op:xxxxx@") {
 		t.Fatalf("error %q", err)
+	}
+}
+
+// A write that fails on the connection says which write it was.
+func TestWriteErrorNamesTheWrite(t *testing.T) {
+	c, err := NewClient(device("sim", "opc.tcp://127.0.0.1:1", config.OPCUATag{Name: "w", Node: "ns=1;s=w", Writable: true}), "", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = c.WriteTag(ctx, "w", adapters.IntValue(5), false)
+	if code := writeCode(err); code != adapters.CodeDeviceError && code != adapters.CodeTimeout {
+		t.Fatalf("write to a closed port: %v", err)
+	}
+	if !strings.Contains(err.Error(), "write of 5 to sim/w: ") {
+		t.Fatalf("error %q does not name the write", err)
 	}
 }

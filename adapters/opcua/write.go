@@ -93,6 +93,17 @@ func (c *Client) checkLimits(i int, v adapters.Value) error {
 // verify the value is read back and compared. Without Run (ferry write) it
 // connects for this one write.
 func (c *Client) WriteTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
+	got, err := c.writeTag(ctx, tag, v, verify)
+	// A failure of the device or of the connection says which write it
+	// was (value, device/tag), not only what the connection last did.
+	var we *adapters.WriteError
+	if errors.As(err, &we) && (we.Code == adapters.CodeDeviceError || we.Code == adapters.CodeTimeout) {
+		return got, &adapters.WriteError{Code: we.Code, Err: fmt.Errorf("write of %s to %s/%s: %w", v, c.dev.Name, tag, we.Err)}
+	}
+	return got, err
+}
+
+func (c *Client) writeTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
 	i := c.tagIndex(tag)
 	if i < 0 {
 		return adapters.Value{}, adapters.BadValue("device %s has no tag %q", c.dev.Name, tag)
@@ -108,7 +119,7 @@ func (c *Client) WriteTag(ctx context.Context, tag string, v adapters.Value, ver
 	c.liveMu.Unlock()
 	if l == nil {
 		if c.running.Load() {
-			return adapters.Value{}, deviceError("not connected to %s", c.dev.Endpoint)
+			return adapters.Value{}, deviceError("not sent: not connected to %s (ferry reconnects by itself; send the command again later)", c.dev.Endpoint)
 		}
 		cn, err := c.connect(ctx)
 		if err != nil {

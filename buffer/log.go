@@ -293,7 +293,10 @@ type Log struct {
 	holes    []span              // sorted, disjoint, above acked
 	overflow map[uint64]struct{} // acks beyond AckWindow past a hole
 
-	scanned uint64 // seq after the newest record Scan has handed out
+	// scanned is the seq after the newest record Scan has handed out since
+	// a Scan last started at or below the cursor: the consumer holds the
+	// records in [acked, scanned), so dropping them loses nothing.
+	scanned uint64
 
 	// Write failures: failing is set by a failed segment write or creation
 	// and cleared by the next successful write; diskFull when the last
@@ -895,6 +898,12 @@ func (l *Log) Scan(from uint64, max int, fn func(seq uint64, data []byte) error)
 	l.scanMu.Lock()
 	defer l.scanMu.Unlock()
 	visited := 0
+	l.mu.Lock()
+	if from <= l.acked && l.scanned > from {
+		// A consumer (re)starting at the cursor holds nothing read before.
+		l.scanned = from
+	}
+	l.mu.Unlock()
 	for {
 		l.mu.Lock()
 		if l.closed {

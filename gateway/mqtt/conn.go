@@ -32,9 +32,17 @@ import (
 // on the wire before the session store record that describes it is in the
 // file (see sessionStore.flushPending).
 //
-// A Write succeeds once buffered. A socket error is sticky: it fails every
-// later Write and closes the socket, so paho's reader ends the connection
-// as it would have on its own write error. Close writes what is buffered
+// A Write succeeds once buffered. A socket write error stops the flusher;
+// later Writes are discarded (and succeed), and the socket is not closed:
+// paho's reader reads what the peer sent before it went away, then ends
+// the connection on EOF, the reset, or a read deadline of readDrain set at
+// the error. mosquitto 2.0.11 closes the connection right after the PUBACK
+// 0x87 of a denied publish; closing the socket at our next write error
+// threw that PUBACK away (and a write error during paho's retransmission
+// at CONNACK failed the connect before anything was read), so the refused
+// packet stayed in the session and was re-sent, and refused, at every
+// reconnect. Everything written after the error is in the session store
+// and is sent again on the next connection. Close writes what is buffered
 // (DISCONNECT must reach the broker, or it publishes the Will), waiting at
 // most closeFlush, then closes the socket; it unblocks waiting writers and
 // ends the flusher.
@@ -51,7 +59,8 @@ type batchConn struct {
 	buf      []byte    // to write
 	spare    []byte    // the buffer being written, reused
 	inPacket bool      // a packet is being appended (between Lock and Unlock)
-	err      error     // sticky write error, or net.ErrClosed after Close
+	err      error     // net.ErrClosed after Close
+	wfail    error     // the socket write error: later Writes are discarded
 	closing  bool
 	done     chan struct{} // closed when the flusher has ended
 
@@ -69,6 +78,8 @@ const (
 	batchKeep = 1 << 20
 	// closeFlush bounds how long Close tries to write what is buffered.
 	closeFlush = time.Second
+	// readDrain bounds how long the reader goes on after a write error.
+	readDrain = 2 * time.Second
 )
 
 func newBatchConn(c net.Conn, before func()) *batchConn {
@@ -112,7 +123,7 @@ func (b *batchConn) Unlock() {
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for len(b.buf) >= batchMax && b.err == nil && !b.closing {
+	for len(b.buf) >= batchMax && b.err == nil && b.wfail == nil && !b.closing {
 		b.room.Wait()
 	}
 	if b.err != nil {
@@ -120,6 +131,9 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	}
 	if b.closing {
 		return 0, net.ErrClosed
+	}
+	if b.wfail != nil {
+		return len(p), nil // see the type's doc
 	}
 	b.buf = append(b.buf, p...)
 	if !b.inPacket || len(b.buf) >= batchSplit {
@@ -132,10 +146,10 @@ func (b *batchConn) flusher() {
 	defer close(b.done)
 	b.mu.Lock()
 	for {
-		for b.err == nil && !b.closing && (len(b.buf) == 0 || b.inPacket && len(b.buf) < batchSplit) {
+		for b.err == nil && b.wfail == nil && !b.closing && (len(b.buf) == 0 || b.inPacket && len(b.buf) < batchSplit) {
 			b.more.Wait()
 		}
-		if b.err != nil || len(b.buf) == 0 { // failed, or closing and all written
+		if b.err != nil || b.wfail != nil || len(b.buf) == 0 { // failed, or closing and all written
 			b.mu.Unlock()
 			return
 		}
@@ -154,11 +168,13 @@ func (b *batchConn) flusher() {
 			b.spare = make([]byte, 0, 16<<10)
 		}
 		if err != nil {
-			b.err = err
+			b.wfail = err
+			b.buf = b.buf[:0]
 			b.room.Broadcast()
 			b.mu.Unlock()
-			// Make paho's reader see the failure too.
-			_ = b.Conn.Close()
+			// The reader ends the connection once it has read what the
+			// peer sent (see the type's doc), at the latest by readDrain.
+			_ = b.Conn.SetReadDeadline(time.Now().Add(readDrain))
 			return
 		}
 	}

@@ -134,25 +134,48 @@ func TestBatchConnRead(t *testing.T) {
 
 // A socket error fails the following writes, closes the socket (so paho's
 // reader ends the connection) and ends the flusher.
+// TestBatchConnWriteError: the peer sends a packet and resets the
+// connection (as mosquitto 2.0.11 does after the PUBACK 0x87 of a denied
+// publish). Our writes then fail on the socket: the flusher stops, Writes
+// are discarded, and the packet the peer sent before going away is still
+// read before the reader sees the failure.
 func TestBatchConnWriteError(t *testing.T) {
 	c, s := tcpPair(t)
 	b := newBatchConn(c, nil)
+	if _, err := s.Write([]byte("puback-0x87")); err != nil {
+		t.Fatal(err)
+	}
 	s.(*net.TCPConn).SetLinger(0)
-	s.Close() // RST: writes fail
+	time.Sleep(50 * time.Millisecond) // the packet is in our receive buffer
+	s.Close()                         // RST: writes fail
 	deadline := time.Now().Add(5 * time.Second)
-	var err error
-	for err == nil && time.Now().Before(deadline) {
-		_, err = b.Write(make([]byte, 1024))
+	for {
+		if _, err := b.Write(make([]byte, 1024)); err != nil {
+			t.Fatalf("Write after a socket error: %v, want it discarded", err)
+		}
+		b.mu.Lock()
+		failed := b.wfail != nil
+		b.mu.Unlock()
+		if failed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writes to a reset connection keep succeeding on the socket")
+		}
 		time.Sleep(time.Millisecond)
 	}
-	if err == nil {
-		t.Fatal("writes to a reset connection keep succeeding")
-	}
 	waitDone(t, b)
+	got := make([]byte, len("puback-0x87"))
+	if _, err := io.ReadFull(b, got); err != nil || string(got) != "puback-0x87" {
+		t.Fatalf("read after the write error: %q, %v; want what the peer sent first", got, err)
+	}
 	if _, rerr := b.Read(make([]byte, 1)); rerr == nil {
-		t.Fatal("read succeeds after the write error")
+		t.Fatal("read succeeds after the peer's data")
 	}
 	_ = b.Close()
+	if _, err := b.Write([]byte("x")); err == nil {
+		t.Fatal("Write after Close succeeds")
+	}
 }
 
 // A peer that does not read: writers block once batchMax is buffered, and

@@ -177,10 +177,14 @@ type Publisher struct {
 	dead      []*job                // refused too often: dead-letter
 	holds     map[string]*topicHold // topics refused for good: records dead-lettered unsent until the hold ends
 	lastProbe time.Time             // when a held topic was last sent again
-	notices   []deadNotice          // dead letters not yet announced on DeadLetterTopic
-	skip      map[uint64]bool       // seqs handled at start (in flight or done)
-	skipTo    uint64                // no seq >= skipTo is in skip
-	nextRate  time.Time             // replay pacing
+
+	connAcks    atomic.Uint64   // acknowledgements on the current connection (see checkPoison)
+	poisonSeq   uint64          // connectionLoop only: the oldest record in flight at the last short, silent connections
+	poisonCount int             // how many such connections in a row
+	notices     []deadNotice    // dead letters not yet announced on DeadLetterTopic
+	skip        map[uint64]bool // seqs handled at start (in flight or done)
+	skipTo      uint64          // no seq >= skipTo is in skip
+	nextRate    time.Time       // replay pacing
 
 	subMu sync.Mutex
 	subs  []subscription // see Subscribe (inbound.go)
@@ -204,6 +208,7 @@ type job struct {
 	rc       byte
 	reason   string
 	held     bool // dead-lettered unsent: its topic was held (see fail)
+	purged   bool // refused locally with its topic's refusal (see failWith)
 }
 
 type stateEntry struct {
@@ -791,21 +796,28 @@ func (p *Publisher) complete(seq uint64, rc byte, reason string) {
 // and dead-lettered after DeadLetterAttempts. Without a dead-letter file
 // every refused record is retried forever.
 func (p *Publisher) fail(j *job, rc byte, reason string) {
+	p.failWith(j, rc, reason, refusedForGood(rc))
+}
+
+// failWith is fail with the refusal's kind given: forGood dead-letters at
+// once and holds the topic.
+func (p *Publisher) failWith(j *job, rc byte, reason string, forGood bool) {
 	j.attempts++
 	j.rc, j.reason = rc, reason
 	topic := ""
 	if j.pub != nil {
 		topic = j.pub.Topic
 	}
-	forGood := p.dl != nil && refusedForGood(rc)
+	forGood = forGood && p.dl != nil
 	dead := forGood || p.dl != nil && j.attempts >= p.cfg.DeadLetterAttempts
 	if ok, suppressed := p.refusals.allow("refused " + topic); ok {
 		p.logger.Warn("broker refused publish", "topic", topic, "seq", j.seq,
 			"reason_code", fmt.Sprintf("%#02x", rc), "reason", reasonText(rc, reason), "attempt", j.attempts, "dead_letter", dead,
 			"suppressed", suppressed)
 	}
+	var purge []uint64
 	p.jmu.Lock()
-	if forGood && topic != "" {
+	if forGood && topic != "" && !j.purged {
 		h := p.holds[topic]
 		if h == nil {
 			h = &topicHold{}
@@ -814,6 +826,16 @@ func (p *Publisher) fail(j *job, rc byte, reason string) {
 		h.refusals++
 		h.rc, h.reason = rc, reason
 		h.until = time.Now().Add(backoff(h.refusals+holdSteps, p.cfg.RetryMin, p.cfg.RetryMax))
+		// The topic's other records in flight would be refused too, each
+		// costing a reconnect with mosquitto 2.0.11 (which may lose the
+		// PUBACK of the refusal and so be sent the record again on every
+		// connection): end them here.
+		for seq, o := range p.pending {
+			if o.pub != nil && o.pub.Topic == topic && !o.purged {
+				o.purged = true
+				purge = append(purge, seq)
+			}
+		}
 	}
 	if dead {
 		p.dead = append(p.dead, j)
@@ -821,7 +843,32 @@ func (p *Publisher) fail(j *job, rc byte, reason string) {
 		p.retryLocked(j)
 	}
 	p.jmu.Unlock()
+	slices.Sort(purge)
+	for _, seq := range purge {
+		p.refuseLocally(seq, rc, "not sent again: the broker refused an earlier record of the topic")
+	}
 	ring(p.wake)
+}
+
+// refuseLocally ends the exchange of the record seq in the session as if
+// the broker had answered it with a PUBACK carrying rc: paho forgets the
+// packet (it is not sent again on the next connection) and the publisher
+// handles the refusal (fail). False if seq has no packet in the session,
+// or is past its PUBREC (the broker has it).
+func (p *Publisher) refuseLocally(seq uint64, rc byte, reason string) bool {
+	id, ok := p.store.idOf(seq)
+	if !ok {
+		return false
+	}
+	pk := &packets.ControlPacket{
+		FixedHeader: packets.FixedHeader{Type: packets.PUBACK},
+		Content:     &packets.Puback{PacketID: id, ReasonCode: rc, Properties: &packets.Properties{ReasonString: reason}},
+	}
+	g := &sessionGate{SessionManager: p.sess, p: p, local: true}
+	if err := g.PacketReceived(pk, nil); err != nil {
+		p.logger.Debug("local refusal", "seq", seq, "err", err)
+	}
+	return true
 }
 
 // unblockCursor dead-letters the record at the log's commit cursor when it
@@ -941,6 +988,53 @@ func (p *Publisher) awaitConnection(ctx context.Context) *paho.Client {
 	}
 }
 
+// poisonStrikes is the number of connections in a row that may end, soon
+// after their CONNACK and without a single acknowledgement, with the same
+// oldest record in flight before that record is taken as refused (see
+// checkPoison).
+const poisonStrikes = 3
+
+// checkPoison runs after a connection was lost (short: soon after its
+// CONNACK). mosquitto 2.0.11 closes the connection right after queueing
+// the PUBACK 0x87 of a denied publish, often before that PUBACK is
+// written: the refusal never arrives, paho re-sends the packet first on
+// the next connection, and the broker closes that one too, for ever.
+// When poisonStrikes short connections in a row acknowledged nothing
+// while the same record was the oldest in flight, that record is removed
+// from the session (paho will not send it again) and treated as refused
+// for good (dead-lettered, its topic held). A broker that keeps dropping
+// healthy connections that fast would acknowledge nothing either; the
+// record then goes to the dead-letter file, not lost.
+func (p *Publisher) checkPoison(short bool) {
+	acks := p.connAcks.Swap(0)
+	if acks > 0 || !short {
+		p.poisonSeq, p.poisonCount = 0, 0
+		return
+	}
+	p.jmu.Lock()
+	var first uint64
+	for seq := range p.pending {
+		if first == 0 || seq < first {
+			first = seq
+		}
+	}
+	p.jmu.Unlock()
+	if first == 0 {
+		p.poisonSeq, p.poisonCount = 0, 0
+		return
+	}
+	if first != p.poisonSeq {
+		p.poisonSeq, p.poisonCount = first, 0
+	}
+	if p.poisonCount++; p.poisonCount < poisonStrikes {
+		return
+	}
+	p.poisonSeq, p.poisonCount = 0, 0
+	const reason = "the broker closed the connection each time this record was sent, without acknowledging anything"
+	p.logger.Warn("record taken as refused (not authorized): "+reason, "seq", first, "connections", poisonStrikes)
+	p.refuseLocally(first, 0x87, reason)
+}
+
 // stableAfter: a connection lost sooner than this after its CONNACK counts
 // as a failed attempt for the backoff (see connectionLoop).
 const stableAfter = time.Second
@@ -994,6 +1088,7 @@ func (p *Publisher) connectionLoop(ctx context.Context) {
 			p.countDisconnect(why)
 			p.down()
 			p.logger.Warn("connection lost; reconnecting", "url", p.cfg.URL, "reason", why)
+			p.checkPoison(time.Since(upAt) < stableAfter)
 		case <-ctx.Done():
 			if err := cli.Disconnect(&paho.Disconnect{ReasonCode: 0}); err != nil {
 				p.logger.Debug("disconnect", "err", err)
@@ -1210,6 +1305,7 @@ type sessionGate struct {
 	session.SessionManager
 	p     *Publisher
 	epoch uint64
+	local bool // see refuseLocally
 }
 
 func (g *sessionGate) AddToSession(ctx context.Context, pk session.Packet, resp chan<- packets.ControlPacket) error {
@@ -1254,6 +1350,11 @@ func (g *sessionGate) PacketReceived(recv *packets.ControlPacket, pubs chan<- *p
 		// 0x92 (packet id not found) after our PUBREL: the broker had the
 		// message and forgot the id; delivered.
 		id, final = pk.PacketID, true
+	}
+	if g.local {
+		// a refusal made up by refuseLocally: not the broker's
+	} else if pk, ok := recv.Content.(*packets.Pubrec); ok && g.p.store.seqOf(pk.PacketID) != 0 || id != 0 && g.p.store.seqOf(id) != 0 {
+		g.p.connAcks.Add(1) // a record acknowledged (see checkPoison)
 	}
 	var seq uint64
 	if final {

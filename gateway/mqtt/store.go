@@ -486,6 +486,18 @@ func (s *sessionStore) seqOf(id uint16) uint64 {
 	return 0
 }
 
+// idOf returns the packet id of the live packet carrying seq.
+func (s *sessionStore) idOf(seq uint64) (uint16, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, p := range s.live {
+		if p.seq == seq {
+			return id, true
+		}
+	}
+	return 0, false
+}
+
 // failNext makes the next Delete of id leave no done mark: the broker
 // refused the packet and the record will be retried.
 func (s *sessionStore) failNext(id uint16) {

@@ -123,23 +123,9 @@ func NewClient(dev config.OPCUADevice, stateDir string, sink adapters.Sink, logg
 	if (c.policyURI == ua.SecurityPolicyURINone) != (c.mode == ua.MessageSecurityModeNone) {
 		return nil, fmt.Errorf("opcua[%s]: security_policy %q does not go with security_mode %q", dev.Name, c.dev.SecurityPolicy, c.dev.SecurityMode)
 	}
-	if c.dev.Mode == "" {
-		c.dev.Mode = ModeSubscribe
-	}
+	c.dev = withDefaults(c.dev)
 	if c.dev.Mode != ModeSubscribe && c.dev.Mode != ModePoll {
 		return nil, fmt.Errorf("opcua[%s]: unknown mode %q", dev.Name, dev.Mode)
-	}
-	if c.dev.Timeout <= 0 {
-		c.dev.Timeout = 10 * time.Second
-	}
-	if c.dev.Interval <= 0 {
-		c.dev.Interval = time.Second
-	}
-	if c.dev.PublishingInterval <= 0 {
-		c.dev.PublishingInterval = time.Second
-	}
-	if c.dev.MaxItemsPerRequest <= 0 {
-		c.dev.MaxItemsPerRequest = 500
 	}
 	c.trust = trustPolicy{
 		pinned:     NormalizeThumbprint(dev.ServerThumbprint),
@@ -532,13 +518,9 @@ func (c *Client) explainConnectError(err error) error {
 	return fmt.Errorf("connect %s: %s: %w", c.dev.Endpoint, StatusName(code), err)
 }
 
-// serverLimits reads the operation limits that shape batching; a limit the
+// readLimits reads the operation limits that shape batching; a limit the
 // server does not publish is 0.
-type serverLimits struct {
-	nodesPerRead, itemsPerCall, itemsPerSub uint32
-}
-
-func (c *Client) readLimits(ctx context.Context, cl *opcua.Client) serverLimits {
+func (c *Client) readLimits(ctx context.Context, cl *opcua.Client) Limits {
 	ids := []uint32{
 		id.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
 		id.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
@@ -548,7 +530,7 @@ func (c *Client) readLimits(ctx context.Context, cl *opcua.Client) serverLimits 
 	for _, n := range ids {
 		req.NodesToRead = append(req.NodesToRead, &ua.ReadValueID{NodeID: ua.NewNumericNodeID(0, n), AttributeID: ua.AttributeIDValue})
 	}
-	var lim serverLimits
+	var lim Limits
 	res, err := cl.Read(ctx, req)
 	if err != nil || res == nil || len(res.Results) != len(ids) {
 		return lim
@@ -570,7 +552,7 @@ func (c *Client) readLimits(ctx context.Context, cl *opcua.Client) serverLimits 
 		}
 		return 0
 	}
-	lim.nodesPerRead, lim.itemsPerCall, lim.itemsPerSub = get(0), get(1), get(2)
+	lim.NodesPerRead, lim.ItemsPerCall, lim.ItemsPerSubscription = get(0), get(1), get(2)
 	return lim
 }
 

@@ -62,6 +62,10 @@ func TestScale(t *testing.T) {
 	if st.MonitoredItems != 3000 || st.Subscriptions != 3 || st.FailedItems != 0 {
 		t.Errorf("want 3000 items in 3 subscriptions, got %+v", st)
 	}
+	// what `ferry plan` prints for this device and server is what ran
+	if p := NewPlan(c.dev, Limits{ItemsPerSubscription: 1000}); len(p.Subscriptions) != int(st.Subscriptions) {
+		t.Errorf("plan has %d subscriptions, the client made %d", len(p.Subscriptions), st.Subscriptions)
+	}
 }
 
 // BenchmarkSubscribe10k subscribes 10,000 items on one connection, reports

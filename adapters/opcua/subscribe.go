@@ -49,15 +49,9 @@ func isFilterError(code ua.StatusCode) bool {
 func (c *Client) itemRequest(i int, node *ua.NodeID, withFilter bool) *ua.MonitoredItemCreateRequest {
 	t := c.tags[i].cfg
 	req := opcua.NewMonitoredItemCreateRequestWithDefaults(node, ua.AttributeIDValue, uint32(i))
-	si := t.SamplingInterval
-	if si <= 0 {
-		si = c.dev.SamplingInterval
-	}
-	if si <= 0 {
-		si = c.dev.PublishingInterval
-	}
+	si, queue := itemParams(c.dev, t)
 	req.RequestedParameters.SamplingInterval = float64(si) / float64(time.Millisecond)
-	req.RequestedParameters.QueueSize = max(c.dev.QueueSize, 1)
+	req.RequestedParameters.QueueSize = queue
 	if withFilter && t.DeadbandType != "" {
 		db := uint32(ua.DeadbandTypeAbsolute)
 		if t.DeadbandType == "percent" {
@@ -76,15 +70,9 @@ func (c *Client) itemRequest(i int, node *ua.NodeID, withFilter bool) *ua.Monito
 // forwards notifications until the session fails or ctx is cancelled.
 func (c *Client) subscribe(ctx context.Context, cn *conn, ids []*ua.NodeID, errs []error) (bool, error) {
 	notify := make(chan *opcua.PublishNotificationData, 256)
-	lim := c.readLimits(ctx, cn.cl)
-	batch := c.dev.MaxItemsPerRequest
-	if lim.itemsPerCall > 0 && int(lim.itemsPerCall) < batch {
-		batch = int(lim.itemsPerCall)
-	}
-	perSub := defaultItemsPerSubscription
-	if lim.itemsPerSub > 0 && int(lim.itemsPerSub) < perSub {
-		perSub = int(lim.itemsPerSub)
-	}
+	// The plan of NewPlan (what `ferry plan` prints), adapted below when
+	// the server refuses a batch or runs out of monitored items.
+	batch, perSub := subscribeSizes(c.dev, c.readLimits(ctx, cn.cl))
 
 	now := time.Now()
 	var bad []adapters.Reading
@@ -119,14 +107,11 @@ func (c *Client) subscribe(ctx context.Context, cn *conn, ids []*ua.NodeID, errs
 		}
 	}
 	for len(pending) > 0 {
-		n := min(batch, len(pending))
-		if perSub > 0 {
-			if inCur >= perSub {
-				if err := newSub(); err != nil {
-					return false, err
-				}
+		n, fresh := nextChunk(len(pending), inCur, batch, perSub)
+		if fresh {
+			if err := newSub(); err != nil {
+				return false, err
 			}
-			n = min(n, perSub-inCur)
 		}
 		reqs := make([]*ua.MonitoredItemCreateRequest, n)
 		for k, i := range pending[:n] {

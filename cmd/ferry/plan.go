@@ -7,11 +7,12 @@ import (
 	"strings"
 
 	"github.com/ferry-gateway/ferry/adapters/modbus"
+	"github.com/ferry-gateway/ferry/adapters/opcua"
 	"github.com/ferry-gateway/ferry/config"
 )
 
 func init() {
-	register(command{"plan", "print the Modbus requests each device gets per cycle (no I/O)", cmdPlan})
+	register(command{"plan", "print the Modbus requests and OPC UA monitored items or reads of each device (no I/O)", cmdPlan})
 }
 
 func cmdPlan(_ context.Context, args []string, stdout, stderr io.Writer) int {
@@ -74,16 +75,68 @@ func writePlan(w io.Writer, cfg *config.Config) error {
 		}
 	}
 	for _, d := range cfg.OPCUA {
-		tags := fmt.Sprintf("%d tags", len(d.Tags))
-		if len(d.Tags) == 1 {
-			tags = "1 tag"
-		}
-		fmt.Fprintf(w, "opcua %s: %s, %s (opcua: not planned by this build)\n", d.Name, d.Endpoint, tags)
+		writeOPCUAPlan(w, d)
 	}
 	if len(cfg.Modbus) > 0 {
 		fmt.Fprintf(w, "total: %s per cycle of every scan class (%d with one request per tag)\n", requests(total), perTag)
 	}
 	return nil
+}
+
+// writeOPCUAPlan prints the plan the OPC UA client follows (opcua.NewPlan,
+// for a server that publishes no lower limits): in subscribe mode the
+// subscriptions, their CreateMonitoredItems requests and every monitored
+// item's node, sampling interval, queue size and deadband; in poll mode
+// the Read requests of a cycle and the interval.
+func writeOPCUAPlan(w io.Writer, d config.OPCUADevice) {
+	p := opcua.NewPlan(d, opcua.Limits{})
+	tagW, nodeW, sampW := 0, 0, 0
+	for _, it := range p.Items {
+		tagW, nodeW, sampW = max(tagW, len(it.Tag)), max(nodeW, len(it.Node)), max(sampW, len(it.Sampling.String()))
+	}
+	if p.Mode == opcua.ModePoll {
+		fmt.Fprintf(w, "opcua %s: %s, poll every %s: %s in %s per cycle (at most %d nodes per Read)\n",
+			d.Name, d.Endpoint, p.Interval, plural(len(p.Items), "tag"), plural(len(p.Reads), "Read request"), p.NodesPerRead)
+		for k, r := range p.Reads {
+			fmt.Fprintf(w, "  read %d: %s\n", k+1, plural(len(r), "node"))
+			for _, i := range r {
+				fmt.Fprintf(w, "    %-*s  %s\n", tagW, p.Items[i].Tag, p.Items[i].Node)
+			}
+		}
+		fmt.Fprintln(w, "  a server publishing a lower MaxNodesPerRead gets smaller Reads")
+		return
+	}
+	nreq := 0
+	for _, s := range p.Subscriptions {
+		nreq += len(s.Requests)
+	}
+	fmt.Fprintf(w, "opcua %s: %s, subscribe: %s in %s, %s (at most %d items per request, %d per subscription)\n",
+		d.Name, d.Endpoint, plural(len(p.Items), "monitored item"), plural(len(p.Subscriptions), "subscription"),
+		plural(nreq, "CreateMonitoredItems request"), p.ItemsPerRequest, p.ItemsPerSub)
+	for k, s := range p.Subscriptions {
+		fmt.Fprintf(w, "  subscription %d: publishing every %s, keep-alive count %d, lifetime count %d\n",
+			k+1, p.PublishingInterval, p.KeepAliveCount, p.LifetimeCount)
+		for j, r := range s.Requests {
+			fmt.Fprintf(w, "    request %d: %s\n", j+1, plural(len(r), "item"))
+			for _, i := range r {
+				it := p.Items[i]
+				db := "no deadband"
+				if it.DeadbandType != "" {
+					db = fmt.Sprintf("deadband %s %g", it.DeadbandType, it.DeadbandValue)
+				}
+				fmt.Fprintf(w, "      %-*s  %-*s  sampling %-*s  queue %d  %s\n", tagW, it.Tag, nodeW, it.Node, sampW, it.Sampling, it.QueueSize, db)
+			}
+		}
+	}
+	fmt.Fprintln(w, "  a server publishing lower MaxMonitoredItemsPerCall or MaxMonitoredItemsPerSubscription gets smaller requests or more subscriptions")
+}
+
+// plural returns "1 noun" or "N nouns".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func requests(n int) string {

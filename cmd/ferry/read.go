@@ -5,11 +5,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/ferry-gateway/ferry/adapters/modbus"
+	"github.com/ferry-gateway/ferry/adapters/opcua"
+	"github.com/ferry-gateway/ferry/config"
+	"github.com/ferry-gateway/ferry/gateway/record"
 )
 
 func init() {
@@ -52,8 +56,7 @@ func cmdRead(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	devName, tagName, oneTag := strings.Cut(pos[0], "/")
 	for _, d := range cfg.OPCUA {
 		if d.Name == devName {
-			fmt.Fprintf(stderr, "ferry read: %s is an OPC UA device; this build reads Modbus devices only\n", devName)
-			return exitFailure
+			return readOPCUA(ctx, cfg, d, tagName, oneTag, stdout, stderr)
 		}
 	}
 	var found bool
@@ -103,4 +106,43 @@ func cmdRead(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ferry read: no device %q in %s\n", devName, *path)
 	}
 	return exitUsage
+}
+
+// readOPCUA reads every tag of d (or the one named) once, in the read
+// groups of the device's plan, and prints value, quality and the source
+// time (the server time when the server gives no source time).
+func readOPCUA(ctx context.Context, cfg *config.Config, d config.OPCUADevice, tagName string, oneTag bool, stdout, stderr io.Writer) int {
+	if oneTag {
+		keep := d.Tags[:0:0]
+		for _, t := range d.Tags {
+			if t.Name == tagName {
+				keep = append(keep, t)
+			}
+		}
+		if len(keep) == 0 {
+			fmt.Fprintf(stderr, "ferry read: device %s has no tag %q\n", d.Name, tagName)
+			return exitUsage
+		}
+		d.Tags = keep
+	}
+	prevLog := log.Writer() // gopcua logs through the standard logger
+	log.SetOutput(io.Discard)
+	defer log.SetOutput(prevLog)
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	rs, err := opcua.ReadOnce(rctx, d, cfg.Gateway.StateDir)
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s", r.Device, r.Tag, r.Value, r.Quality, r.Time.UTC().Format(record.TimeLayout))
+		if r.Err != "" {
+			fmt.Fprintf(tw, "\t%s", r.Err)
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry read: %s unreachable: %v\n", d.Name, err)
+		return exitFailure
+	}
+	return exitOK
 }

@@ -89,7 +89,7 @@ func TestRead(t *testing.T) {
 		{[]string{"read", "-config", path, "nope"}, exitUsage, `no device "nope"`},
 		{[]string{"read", "-config", path, "plc1/nope"}, exitUsage, `no tag "nope"`},
 		{[]string{"read", "-config", path}, exitUsage, "expected one DEVICE"},
-		{[]string{"read", "-config", path, "cnc1"}, exitFailure, "OPC UA"},
+		{[]string{"read", "-config", path, "cnc1"}, exitFailure, "cnc1 unreachable"},
 		{[]string{"read", "-h"}, exitOK, "Usage: ferry read"},
 	} {
 		code, stdout, stderr := run(t, tc.args...)

@@ -68,6 +68,11 @@ type sink struct {
 // retryLimit bounds the records kept for retry after failed appends.
 const retryLimit = 1 << 20
 
+// retryChunk bounds the bytes of one append of queued records: on a disk
+// with less room than the queue holds, the queue drains in parts instead
+// of failing whole for good.
+const retryChunk = 64 << 10
+
 // routes maps devices and tags to topics; immutable once built.
 type routes struct {
 	prefix  string
@@ -193,17 +198,16 @@ func (s *sink) retryAppend(rs []adapters.Reading, recs [][]byte) {
 	s.retryMu.Lock()
 	defer s.retryMu.Unlock()
 	if len(s.retry) > 0 {
-		if _, err := s.log.Append(s.retry...); err != nil {
+		queued := len(s.retry)
+		if err := s.flushRetry(); err != nil {
 			s.appendFailed(rs, err)
 			s.enqueue(recs)
 			return
 		}
 		s.logger.Info("buffer appends work again; queued readings appended",
-			"records", len(s.retry), "lost", s.episodeLost,
+			"records", queued, "lost", s.episodeLost,
 			"failing_for", time.Since(time.Unix(0, s.failingSince.Load())).Round(time.Millisecond))
-		clear(s.retry)
-		s.retry, s.retryBytes, s.episodeLost = s.retry[:0], 0, 0
-		s.queued.Store(0)
+		s.episodeLost = 0
 		s.failingSince.Store(0)
 	}
 	if _, err := s.log.Append(recs...); err != nil {
@@ -215,6 +219,28 @@ func (s *sink) retryAppend(rs []adapters.Reading, recs [][]byte) {
 		return
 	}
 	s.failingSince.Store(0)
+}
+
+// flushRetry appends the queued records in order, at most retryChunk
+// bytes per append, and forgets those appended. It stops at the first
+// failure; s.retryMu held.
+func (s *sink) flushRetry() error {
+	for len(s.retry) > 0 {
+		n, size := 0, 0
+		for n < len(s.retry) && (n == 0 || size+len(s.retry[n]) <= retryChunk) {
+			size += len(s.retry[n])
+			n++
+		}
+		if _, err := s.log.Append(s.retry[:n]...); err != nil {
+			return err
+		}
+		rest := copy(s.retry, s.retry[n:])
+		clear(s.retry[rest:])
+		s.retry = s.retry[:rest]
+		s.retryBytes -= size
+		s.queued.Store(int64(rest))
+	}
+	return nil
 }
 
 // enqueue keeps copies of recs for retry; s.retryMu held.

@@ -95,6 +95,7 @@ func TestSinkAppendsOneRecordPerReading(t *testing.T) {
 // what it accepted.
 type flakyLog struct {
 	full    bool
+	room    int // if positive, an append of more bytes fails (a disk with that much room)
 	calls   int
 	got     []string
 	skipped uint64
@@ -107,7 +108,11 @@ func (f *flakyLog) Skip(n uint64) error {
 
 func (f *flakyLog) Append(recs ...[]byte) (uint64, error) {
 	f.calls++
-	if f.full {
+	size := 0
+	for _, r := range recs {
+		size += len(r)
+	}
+	if f.full || (f.room > 0 && size > f.room) {
 		return 0, errors.New("write 00000000000000000001.seg: no space left on device")
 	}
 	for _, r := range recs {
@@ -169,6 +174,33 @@ func TestSinkDiskFull(t *testing.T) {
 	}
 	if f.skipped != s.lost.Load() {
 		t.Errorf("lost %d readings but skipped %d seqs", s.lost.Load(), f.skipped)
+	}
+}
+
+// TestSinkQueueDrainsOnASmallDisk: the disk has room again, but less than
+// the queue holds: the queue goes in parts, in order, instead of failing
+// whole for good. Before the fix it was appended in one piece, so on a
+// 2 MiB disk appends never worked again.
+func TestSinkQueueDrainsOnASmallDisk(t *testing.T) {
+	f := &flakyLog{full: true}
+	s := newSink(sinkConfig(), f, &stateLog{}, slog.New(slog.DiscardHandler))
+	pad := strings.Repeat("x", 1000)
+	reading := func(i int) []adapters.Reading {
+		return []adapters.Reading{{Device: "plc1", Tag: "temp", Value: adapters.StringValue(fmt.Sprintf("%d %s", i, pad))}}
+	}
+	for i := range 300 { // about 300 KiB queued
+		s.Readings(reading(i))
+	}
+	f.full, f.room = false, 100<<10
+	s.Readings(reading(300))
+	if s.queued.Load() != 0 || len(f.got) != 301 || s.lost.Load() != 0 {
+		t.Fatalf("queued %d, appended %d, lost %d; want 0, 301, 0", s.queued.Load(), len(f.got), s.lost.Load())
+	}
+	for i, r := range f.got {
+		m, err := record.Decode([]byte(r))
+		if err != nil || !strings.Contains(string(m.Body), fmt.Sprintf(`"value":"%d `, i)) {
+			t.Fatalf("record %d out of order: %.40s (%v)", i, m.Body, err)
+		}
 	}
 }
 

@@ -135,10 +135,17 @@ timeout = "500ms"
 
 	// The broker is back: the backlog goes out, the space comes back.
 	broker.Restart()
-	waitFor(t, "appends to work again", 90*time.Second, func() bool {
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		m, err := tryScrape(t, metrics)
-		return err == nil && m["ferry_buffer_appends_failing"] == 0 && m["ferry_buffer_disk_full"] == 0
-	})
+		if err == nil && m["ferry_buffer_appends_failing"] == 0 && m["ferry_buffer_disk_full"] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			du, _ := exec.Command("du", "-ab", state).CombinedOutput()
+			t.Fatalf("appends did not work again within 90s: buffer records %v, bytes %v, segments %v, mqtt acked %v, in flight %v; disk:\n%s",
+				m["ferry_buffer_records"], m["ferry_buffer_bytes"], m["ferry_buffer_segments"], m["ferry_mqtt_acked_total"], m["ferry_mqtt_inflight"], du)
+		}
+	}
 	sim.SetHolding(0, 2) // sampled after the recovery point
 	markerArrives(2, 60*time.Second)
 	waitFor(t, "/healthz to say ok after recovery", 60*time.Second, func() bool {

@@ -15,7 +15,9 @@ const minInterval = 10 * time.Millisecond
 func (d *decoder) decode(root map[string]any) *Config {
 	c := defaultConfig()
 	set := &setKeys{}
-	top := &table{d: d, m: root}
+	top := &table{d: d, s: d.main, m: root}
+	files := append([]*table{top}, d.includes(top)...)
+	d.collectTemplates(files)
 
 	if t := top.sub("gateway"); t != nil {
 		d.gateway(t, &c.Gateway)
@@ -36,27 +38,31 @@ func (d *decoder) decode(root map[string]any) *Config {
 		t.finish()
 	}
 
-	devices := map[string][]string{} // device name -> raw key path of its first definition
+	devices := map[string]*table{} // device name -> the table of its first definition
 	links := map[string]ModbusDevice{}
-	for _, t := range top.array("modbus") {
-		dev, s := d.modbusDevice(t, &c.MQTT, devices)
-		c.Modbus = append(c.Modbus, dev)
-		set.modbus = append(set.modbus, s)
-		checkSharedLink(t, links, dev)
+	for _, f := range files {
+		for _, t := range f.array("modbus") {
+			dev, s := d.modbusDevice(t, &c.MQTT, devices)
+			c.Modbus = append(c.Modbus, dev)
+			set.modbus = append(set.modbus, s)
+			checkSharedLink(t, links, dev)
+		}
 	}
-	for _, t := range top.array("opcua") {
-		dev, s := d.opcuaDevice(t, devices)
-		c.OPCUA = append(c.OPCUA, dev)
-		set.opcua = append(set.opcua, s)
+	for _, f := range files {
+		for _, t := range f.array("opcua") {
+			dev, s := d.opcuaDevice(t, devices)
+			c.OPCUA = append(c.OPCUA, dev)
+			set.opcua = append(set.opcua, s)
+		}
+	}
+	for _, f := range files[1:] {
+		f.finishIncluded()
 	}
 	top.finish()
 
 	applyDerivedDefaults(&c, set)
 	return &c
 }
-
-// lineOf returns the line of the key at raw, or 0.
-func (d *decoder) lineOf(raw []string) int { return d.positions().lookup(raw).line }
 
 func (d *decoder) gateway(t *table, g *Gateway) {
 	if !t.has("id") {
@@ -217,15 +223,20 @@ var (
 // checkDuplicate records where name is defined in seen and reports a
 // duplicate (its line is looked up only then: a valid config never builds
 // the position index).
-func (t *table) checkDuplicate(seen map[string][]string, kind, name string) {
+func (t *table) checkDuplicate(seen map[string]*table, kind, name string) {
 	if first, ok := seen[name]; ok {
-		t.errf("name", "duplicate %s %q (first defined at line %d)", kind, name, t.d.lineOf(first))
+		p := first.s.positions().lookup(first.child("name"))
+		if first.s == t.s {
+			t.errf("name", "duplicate %s %q (first defined at line %d)", kind, name, p.line)
+		} else {
+			t.errf("name", "duplicate %s %q (first defined at %s:%d)", kind, name, first.s.file, p.line)
+		}
 		return
 	}
-	seen[name] = t.child("name")
+	seen[name] = t
 }
 
-func (d *decoder) modbusDevice(t *table, mq *MQTT, devices map[string][]string) (ModbusDevice, modbusSet) {
+func (d *decoder) modbusDevice(t *table, mq *MQTT, devices map[string]*table) (ModbusDevice, modbusSet) {
 	dev := defaultModbusDevice()
 	var set modbusSet
 	if name, ok := t.nameElem("device"); ok {
@@ -286,13 +297,13 @@ func (d *decoder) modbusDevice(t *table, mq *MQTT, devices map[string][]string) 
 		}
 	}
 
-	tags := map[string][]string{}
-	for _, tt := range t.array("tag") {
+	tags := map[string]*table{}
+	for _, tt := range d.deviceTags(t, kindModbus) {
 		tag, ts := d.modbusTag(tt, &dev, tags)
 		dev.Tags = append(dev.Tags, tag)
 		set.tags = append(set.tags, ts)
 	}
-	if len(dev.Tags) == 0 && t.emptyOrAbsent("tag") {
+	if len(dev.Tags) == 0 && t.emptyOrAbsent("tag") && !t.has("template") {
 		t.missing("tag", "a device needs at least one tag: add a [[modbus.tag]] table after this [[modbus]] (ferry run refuses a device without tags)")
 	}
 	t.finish()
@@ -318,7 +329,7 @@ func checkSharedLink(t *table, links map[string]ModbusDevice, dev ModbusDevice) 
 
 func isRegisterTable(table string) bool { return table == TableHolding || table == TableInput }
 
-func (d *decoder) modbusTag(t *table, dev *ModbusDevice, seen map[string][]string) (ModbusTag, struct{ order, interval, retain bool }) {
+func (d *decoder) modbusTag(t *table, dev *ModbusDevice, seen map[string]*table) (ModbusTag, struct{ order, interval, retain bool }) {
 	tag := defaultModbusTag()
 	var set struct{ order, interval, retain bool }
 	if name, ok := t.nameElem("tag"); ok {
@@ -445,7 +456,7 @@ var (
 	opcuaModes    = []string{SecurityModeNone, SecurityModeSign, SecurityModeSignAndEncrypt}
 )
 
-func (d *decoder) opcuaDevice(t *table, devices map[string][]string) (OPCUADevice, opcuaSet) {
+func (d *decoder) opcuaDevice(t *table, devices map[string]*table) (OPCUADevice, opcuaSet) {
 	dev := defaultOPCUADevice()
 	var set opcuaSet
 	if name, ok := t.nameElem("device"); ok {
@@ -527,20 +538,20 @@ func (d *decoder) opcuaDevice(t *table, devices map[string][]string) (OPCUADevic
 	set.publish = t.has("publish")
 	t.oneOf("publish", &dev.Publish, PublishTag, PublishDevice)
 
-	tags := map[string][]string{}
-	for _, tt := range t.array("tag") {
+	tags := map[string]*table{}
+	for _, tt := range d.deviceTags(t, kindOPCUA) {
 		tag, ts := d.opcuaTag(tt, tags)
 		dev.Tags = append(dev.Tags, tag)
 		set.tags = append(set.tags, ts)
 	}
-	if len(dev.Tags) == 0 && t.emptyOrAbsent("tag") {
+	if len(dev.Tags) == 0 && t.emptyOrAbsent("tag") && !t.has("template") {
 		t.missing("tag", "a device needs at least one tag: add an [[opcua.tag]] table after this [[opcua]]")
 	}
 	t.finish()
 	return dev, set
 }
 
-func (d *decoder) opcuaTag(t *table, seen map[string][]string) (OPCUATag, struct{ samplingInterval, retain bool }) {
+func (d *decoder) opcuaTag(t *table, seen map[string]*table) (OPCUATag, struct{ samplingInterval, retain bool }) {
 	tag := defaultOPCUATag()
 	var set struct{ samplingInterval, retain bool }
 	if name, ok := t.nameElem("tag"); ok {

@@ -40,6 +40,11 @@ func Load(path string) (*Config, error) {
 // Otherwise it returns a nil Config and an [Errors] listing every problem
 // found, sorted by position.
 func Parse(path string, data []byte, getenv func(string) string) (*Config, error) {
+	return parse(path, data, getenv, osFiles{})
+}
+
+// parse is Parse reading included files through files.
+func parse(path string, data []byte, getenv func(string) string, files fileSystem) (*Config, error) {
 	if getenv == nil {
 		getenv = func(string) string { return "" }
 	}
@@ -47,31 +52,31 @@ func Parse(path string, data []byte, getenv func(string) string) (*Config, error
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
-	d := &decoder{file: path, dir: dir, getenv: getenv}
+	main := &source{file: path}
+	d := &decoder{dir: dir, getenv: getenv, main: main, files: files, sources: []*source{main}}
 
 	src := string(data)
 	var root map[string]any
 	if _, err := toml.Decode(src, &root); err != nil {
-		return nil, d.syntaxError(src, err)
+		return nil, syntaxError(path, src, err)
 	}
-	d.src = src // positions are indexed only when an error needs one
+	main.src = src // positions are indexed only when an error needs one
 
 	c := d.decode(root)
 	if len(d.errs) > 0 {
-		sortErrors(d.errs)
-		return nil, d.errs
+		return nil, d.sorted()
 	}
 	c.Path = path
 	return c, nil
 }
 
 // syntaxError converts a TOML parser error.
-func (d *decoder) syntaxError(src string, err error) Errors {
+func syntaxError(file, src string, err error) Errors {
 	var pe toml.ParseError
 	if !errors.As(err, &pe) {
-		return Errors{{File: d.file, Msg: strings.TrimPrefix(err.Error(), "toml: ")}}
+		return Errors{{File: file, Msg: strings.TrimPrefix(err.Error(), "toml: ")}}
 	}
-	e := &Error{File: d.file, Line: pe.Position.Line, Col: pe.Position.Col, Path: pe.LastKey, Msg: pe.Message}
+	e := &Error{File: file, Line: pe.Position.Line, Col: pe.Position.Col, Path: pe.LastKey, Msg: pe.Message}
 	// Recompute the column from the byte offset: the parser's own column
 	// is off by a line when the error sits on a newline.
 	ix := newPosIndex(src)
@@ -102,36 +107,90 @@ func (d *decoder) syntaxError(src string, err error) Errors {
 
 // decoder walks the generic TOML tree, collecting every error.
 type decoder struct {
-	file   string
-	dir    string
-	getenv func(string) string
-	src    string
-	ix     *posIndex // built on first use: a valid config never needs it
-	errs   Errors
+	dir     string // of the main file, absolute
+	getenv  func(string) string
+	main    *source
+	files   fileSystem
+	sources []*source // the main file, then every included file, in order
+	errs    Errors
+
+	templates map[string]*template
+	used      map[string]*usedBy // errors in a template's tags, by errKey
+}
+
+// source is one file of the configuration: the main file or an included
+// one.
+type source struct {
+	file string // as shown in errors
+	src  string
+	ix   *posIndex // built on first use: a valid config never needs it
 }
 
 // positions returns the position index of the source, building it once.
-func (d *decoder) positions() *posIndex {
-	if d.ix == nil {
-		d.ix = indexPositions(d.src)
+func (s *source) positions() *posIndex {
+	if s.ix == nil {
+		s.ix = indexPositions(s.src)
 	}
-	return d.ix
+	return s.ix
 }
 
-func (d *decoder) errAt(raw []string, path, format string, args ...any) {
-	p := d.positions().lookup(raw)
-	d.errs = append(d.errs, &Error{File: d.file, Line: p.line, Col: p.col, Path: path, Msg: fmt.Sprintf(format, clipArgs(args)...)})
+// at returns "FILE:LINE:COL" of the key at raw.
+func (s *source) at(raw []string) string {
+	p := s.positions().lookup(raw)
+	return fmt.Sprintf("%s:%d:%d", s.file, p.line, p.col)
+}
+
+// errAt reports a problem at raw in s. use is the device a template's
+// tag is being expanded for, or nil: the same problem in a template found
+// for several devices is reported once, naming the first of them and how
+// many more there are.
+func (d *decoder) errAt(s *source, raw []string, path string, use *templateUse, format string, args ...any) {
+	p := s.positions().lookup(raw)
+	e := &Error{File: s.file, Line: p.line, Col: p.col, Path: path, Msg: fmt.Sprintf(format, clipArgs(args)...)}
+	if use != nil && d.usedBy(e, use) {
+		return
+	}
+	d.errs = append(d.errs, e)
+}
+
+// sorted returns the errors sorted by file (the main file first, then the
+// included ones in the order they were included), then by position.
+func (d *decoder) sorted() Errors {
+	d.noteUses()
+	rank := map[string]int{}
+	for i, s := range d.sources {
+		if _, ok := rank[s.file]; !ok {
+			rank[s.file] = i
+		}
+	}
+	byFile := make([]Errors, len(d.sources))
+	for _, e := range d.errs {
+		i := rank[e.File]
+		byFile[i] = append(byFile[i], e)
+	}
+	var out Errors
+	for _, es := range byFile {
+		sortErrors(es)
+		out = append(out, es...)
+	}
+	return out
 }
 
 // table is one TOML table being decoded. Every key read through it is
 // remembered, so that finish can report the rest as unknown.
 type table struct {
 	d     *decoder
+	s     *source // the file it is written in
 	m     map[string]any
 	raw   []string // raw path for positions: modbus, [0], tag, [3]
 	disp  string   // path shown to users: modbus[plc1].tag[temperature]
 	index int      // index in its array, for array elements
 	known []string
+
+	// A template's tag expanded for a device: use is the device, and
+	// origin names the table each key the device overrides was written in.
+	use    *templateUse
+	origin map[string]*table
 }
 
 func (t *table) child(key string) []string {
@@ -152,11 +211,15 @@ func (t *table) path(key string) string {
 // errf reports a problem with key (or with the table itself when key is
 // empty), positioned at the key.
 func (t *table) errf(key, format string, args ...any) {
+	if o := t.origin[key]; o != nil && key != "" {
+		o.errf(key, format, args...)
+		return
+	}
 	raw := t.raw
 	if key != "" {
 		raw = t.child(key)
 	}
-	t.d.errAt(raw, t.path(key), format, args...)
+	t.d.errAt(t.s, raw, t.path(key), t.use, format, args...)
 }
 
 // get returns the raw value of key and marks the key as known.
@@ -183,7 +246,7 @@ func (t *table) require(keys ...string) {
 
 // missing reports a problem with an absent key, positioned at its table.
 func (t *table) missing(key, format string, args ...any) {
-	t.d.errAt(t.raw, t.path(key), format, args...)
+	t.d.errAt(t.s, t.raw, t.path(key), t.use, format, args...)
 }
 
 // finish reports every key that was not read as unknown.
@@ -259,11 +322,16 @@ func (t *table) str(key string, dst *string) bool {
 		t.wrongType(key, "string", v)
 		return false
 	}
+	written := s
 	s, err := expandEnv(s, t.d.getenv)
 	if err != nil {
 		var unset *envUnsetError
 		if secretKeys[key] && !errors.As(err, &unset) {
 			t.errf(key, "invalid ${...} in the value, which is not shown because it is a secret (use $$ for a literal dollar)")
+			return false
+		}
+		if name := unsetEnv(written, t.d.getenv); name != "" && t.use != nil && t.origin[key] == nil && errors.As(err, &unset) {
+			t.errf(key, "%v, and the template declares no placeholder %s (vars = [%q] fills it from each device's vars)", err, name, name)
 			return false
 		}
 		t.errf(key, "%v", err)
@@ -603,7 +671,7 @@ func unwrapPath(err error) error {
 func (t *table) sub(key string) *table {
 	v, ok := t.get(key)
 	if !ok {
-		return &table{d: t.d, m: map[string]any{}, raw: t.child(key), disp: t.path(key)}
+		return &table{d: t.d, s: t.s, m: map[string]any{}, raw: t.child(key), disp: t.path(key), use: t.use}
 	}
 	m, ok := v.(map[string]any)
 	if !ok {
@@ -614,7 +682,7 @@ func (t *table) sub(key string) *table {
 		}
 		return nil
 	}
-	return &table{d: t.d, m: m, raw: t.child(key), disp: t.path(key)}
+	return &table{d: t.d, s: t.s, m: m, raw: t.child(key), disp: t.path(key), use: t.use}
 }
 
 // array returns the elements of the array of tables at key. Elements that
@@ -657,10 +725,10 @@ func (t *table) array(key string) []*table {
 		disp := fmt.Sprintf("%s[%d]", t.path(key), i)
 		m, ok := e.(map[string]any)
 		if !ok {
-			t.d.errAt(raw, disp, "expected a table, got %s", tomlType(e))
+			t.d.errAt(t.s, raw, disp, t.use, "expected a table, got %s", tomlType(e))
 			continue
 		}
-		out = append(out, &table{d: t.d, m: m, raw: raw, disp: disp, index: i})
+		out = append(out, &table{d: t.d, s: t.s, m: m, raw: raw, disp: disp, index: i, use: t.use})
 	}
 	return out
 }

@@ -31,6 +31,9 @@
 //	<dir>/LOCK                         flock(2) held while the log is open
 //	<dir>/corrupt/                     corrupt bytes and loss records (see Recovery), never deleted by the log
 //
+// Files are created with mode 0640 and directories with 0750 (before the
+// umask), like the MQTT session's.
+//
 // # Segment format
 //
 // A segment is a plain sequence of frames, with no file header. All integers

@@ -50,7 +50,7 @@ var registry []command
 func register(c command) { registry = append(registry, c) }
 
 // commandOrder is the order of `ferry -h`; unlisted commands follow, by name.
-var commandOrder = []string{"run", "check", "plan", "read", "write", "probe", "browse", "demo", "buffer", "version"}
+var commandOrder = []string{"init", "run", "check", "plan", "read", "write", "probe", "browse", "demo", "buffer", "version"}
 
 func commands() []command {
 	rank := func(name string) int {

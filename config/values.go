@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -232,6 +233,11 @@ func checkHostPort(hp string, needHost bool) error {
 // returns the lower-cased scheme.
 func parseURL(s string, schemes ...string) (*url.URL, error) {
 	u, err := url.Parse(s)
+	if err != nil || !strings.Contains(s, "://") && !slices.Contains(schemes, strings.ToLower(u.Scheme)) {
+		if hint := schemeHint(s, schemes); hint != nil {
+			return nil, hint
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("invalid URL %q", shownURL(s))
 	}
@@ -247,6 +253,46 @@ func parseURL(s string, schemes ...string) (*url.URL, error) {
 	}
 	return nil, fmt.Errorf("unsupported scheme %q in %q, expected %s", clip(u.Scheme), shownURL(s), schemeList(schemes))
 }
+
+// schemeHint says which scheme to add to s when s has none: a host:port
+// ("127.0.0.1:1883", "plc:502") or, for Modbus RTU, a device path. It
+// returns nil when s does not look like either.
+func schemeHint(s string, schemes []string) error {
+	if s == "" || strings.Contains(s, "://") || strings.Contains(s, "@") || len(schemes) == 0 {
+		return nil
+	}
+	add := schemes[0] + "://"
+	switch {
+	case strings.HasPrefix(s, "/") && slices.Contains(schemes, "rtu"):
+		add = "rtu://"
+	case checkHostPort(RedactURL(s), true) != nil && strings.Contains(s, "/"):
+		return nil
+	}
+	return fmt.Errorf("%q has no scheme: write %q (one of %s)", shownURL(s), clip(add+RedactURL(s)), schemeList(schemes))
+}
+
+// CheckURL checks the scheme and form of a URL given on the command line
+// as the config checks the key it stands for: schemes are the accepted
+// ones, the first the one a bare host:port is told to add. The error says
+// what to write.
+func CheckURL(s string, schemes ...string) error {
+	u, err := parseURL(s, schemes...)
+	if err != nil {
+		return err
+	}
+	if u.Scheme == "rtu" {
+		return nil
+	}
+	return checkNetURL(u, s, true)
+}
+
+// Schemes a URL may have, by the key that holds it; the first is the one
+// a bare host:port is told to add.
+var (
+	MQTTSchemes   = mqttSchemes
+	ModbusSchemes = modbusSchemes
+	OPCUASchemes  = []string{"opc.tcp"}
+)
 
 func schemeList(schemes []string) string {
 	q := make([]string, len(schemes))

@@ -160,6 +160,11 @@ func (s *sink) Readings(rs []adapters.Reading) {
 	if s.queued.Load() == 0 {
 		_, err := s.log.Append(b.recs...)
 		if err == nil {
+			if s.failingSince.Load() != 0 {
+				// The queue emptied by dropping what it held (a batch
+				// larger than retryLimit): appends work again.
+				s.failingSince.Store(0)
+			}
 			return
 		}
 		if s.refused(rs, b.recs, err) {

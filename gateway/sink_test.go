@@ -400,3 +400,20 @@ func TestSinkDiskFullRealBuffer(t *testing.T) {
 		t.Fatalf("scan: %v after %d records", err, want)
 	}
 }
+
+// TestSinkEpisodeEndsWhenQueueDroppedAll: a reading larger than the whole
+// retry queue is lost during a disk-full episode, leaving the queue empty;
+// the next append that works ends the episode (healthz reads failingSince).
+func TestSinkEpisodeEndsWhenQueueDroppedAll(t *testing.T) {
+	f := &flakyLog{full: true}
+	s := newSink(sinkConfig(), f, &stateLog{}, slog.New(slog.DiscardHandler))
+	s.Readings([]adapters.Reading{{Device: "plc1", Tag: "temp", Value: adapters.StringValue(strings.Repeat("x", retryLimit+1))}})
+	if s.queued.Load() != 0 || s.lost.Load() != 1 || f.skipped != 1 || s.failingSince.Load() == 0 {
+		t.Fatalf("queued %d, lost %d, skipped %d, failing since %d", s.queued.Load(), s.lost.Load(), f.skipped, s.failingSince.Load())
+	}
+	f.full = false
+	s.Readings([]adapters.Reading{{Device: "plc1", Tag: "temp", Value: adapters.IntValue(1)}})
+	if s.failingSince.Load() != 0 {
+		t.Fatal("appends work again but the episode goes on")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -26,10 +27,10 @@ const defaultStateDir = "/var/lib/ferry"
 // then says "live" and is a snapshot) and on a read-only copy of the state
 // directory.
 func cmdBuffer(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	const synopsis = "buffer stats|dump [-state-dir DIR] [flags]"
+	const synopsis = "buffer stats|dump [-state-dir DIR | -config PATH] [flags]"
 	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
 		fmt.Fprintf(stderr, "Usage: ferry %s\n\n", synopsis)
-		fmt.Fprintln(stderr, "  stats  depth, bytes, oldest/newest record time, corrupt records (-json for one JSON object)")
+		fmt.Fprintln(stderr, "  stats  depth, bytes, seqs, oldest/newest record time, corrupt records (-json for one JSON object)")
 		fmt.Fprintln(stderr, "  dump   every record as a JSON line: seq, acked, bytes, time, topic, retain, data")
 		fmt.Fprintln(stderr, "\nBoth read <state-dir>/buffer without locking or repairing it; safe while ferry runs.")
 		if len(args) == 0 {
@@ -47,14 +48,52 @@ func cmdBuffer(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	return exitUsage
 }
 
+// stateDirFlags are -state-dir and -config of the buffer subcommands: the
+// state directory given, or the gateway.state_dir of the config file.
+type stateDirFlags struct {
+	fs       *flag.FlagSet
+	stateDir *string
+	config   *string
+}
+
+func addStateDirFlags(fs *flag.FlagSet) stateDirFlags {
+	return stateDirFlags{
+		fs:       fs,
+		stateDir: fs.String("state-dir", defaultStateDir, "gateway.state_dir; the buffer is its buffer/ subdirectory"),
+		config:   fs.String("config", "", "take the state directory from this config file's gateway.state_dir"),
+	}
+}
+
+// dir returns the state directory, or an exit code >= 0.
+func (f stateDirFlags) dir(stderr io.Writer) (string, int) {
+	if *f.config == "" {
+		return *f.stateDir, -1
+	}
+	set := false
+	f.fs.Visit(func(fl *flag.Flag) { set = set || fl.Name == "state-dir" })
+	if set {
+		fmt.Fprintf(stderr, "%s: give -config or -state-dir, not both\n", f.fs.Name())
+		return "", exitUsage
+	}
+	cfg, code := loadConfig(*f.config, stderr)
+	if cfg == nil {
+		return "", code
+	}
+	return cfg.Gateway.StateDir, -1
+}
+
 func bufferStats(_ context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("buffer stats", "buffer stats [-state-dir DIR] [-json]", stderr)
-	stateDir := fs.String("state-dir", defaultStateDir, "gateway.state_dir; the buffer is its buffer/ subdirectory")
+	fs := newFlagSet("buffer stats", "buffer stats [-state-dir DIR | -config PATH] [-json]", stderr)
+	sdf := addStateDirFlags(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	if code := parseFlags(fs, args, 0); code >= 0 {
 		return code
 	}
-	sum, err := buffer.Inspect(filepath.Join(*stateDir, "buffer"), nil)
+	stateDir, code := sdf.dir(stderr)
+	if code >= 0 {
+		return code
+	}
+	sum, err := buffer.Inspect(filepath.Join(stateDir, "buffer"), nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry buffer stats: %v\n", err)
 		return exitFailure
@@ -78,9 +117,9 @@ func bufferStats(_ context.Context, args []string, stdout, stderr io.Writer) int
 	if sum.CursorErr != "" {
 		cursor += " (" + sum.CursorErr + ")"
 	}
-	fmt.Fprintf(w, "acked_seq        %s\n", cursor)
-	fmt.Fprintf(w, "oldest_seq       %d\n", sum.OldestSeq)
-	fmt.Fprintf(w, "next_seq         %d\n", sum.NextSeq)
+	fmt.Fprintf(w, "next_seq_to_ack  %s (the first seq the broker has not acknowledged; all below it are delivered)\n", cursor)
+	fmt.Fprintf(w, "oldest_seq       %d (the oldest record still on disk)\n", sum.OldestSeq)
+	fmt.Fprintf(w, "next_seq         %d (the seq the next reading will get)\n", sum.NextSeq)
 	fmt.Fprintf(w, "oldest_unacked   %s\n", fmtTime(sum.OldestTime, true))
 	fmt.Fprintf(w, "newest           %s\n", fmtTime(sum.NewestTime, true))
 	fmt.Fprintf(w, "corrupt          %d records unreadable in the segments; %d recorded in corrupt/ (%d files)\n",
@@ -97,7 +136,7 @@ type bufferStatsJSON struct {
 	Segments        int     `json:"segments"`
 	Bytes           int64   `json:"bytes"`
 	Records         uint64  `json:"records"`
-	AckedSeq        uint64  `json:"acked_seq"`
+	NextSeqToAck    uint64  `json:"next_seq_to_ack"` // the first seq not acknowledged, not a count
 	CursorError     string  `json:"cursor_error,omitempty"`
 	OldestSeq       uint64  `json:"oldest_seq"`
 	NextSeq         uint64  `json:"next_seq"`
@@ -112,7 +151,7 @@ func statsJSON(s buffer.Summary) bufferStatsJSON {
 	return bufferStatsJSON{
 		Dir: s.Dir, Live: s.Live, Depth: s.Unacked, DepthBytes: s.UnackedBytes,
 		Segments: s.Segments, Bytes: s.Bytes, Records: s.Records,
-		AckedSeq: s.AckedSeq, CursorError: s.CursorErr, OldestSeq: s.OldestSeq, NextSeq: s.NextSeq,
+		NextSeqToAck: s.AckedSeq, CursorError: s.CursorErr, OldestSeq: s.OldestSeq, NextSeq: s.NextSeq,
 		OldestUnacked: jsonTime(s.OldestTime), Newest: jsonTime(s.NewestTime),
 		Corrupt: s.Corrupt, CorruptRecorded: s.CorruptRecorded, TornBytes: s.TornBytes,
 	}
@@ -155,8 +194,8 @@ type dumpLine struct {
 var errStopDump = errors.New("stop")
 
 func bufferDump(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("buffer dump", "buffer dump [-state-dir DIR] [-from SEQ] [-unacked] [-n N] [-raw]", stderr)
-	stateDir := fs.String("state-dir", defaultStateDir, "gateway.state_dir; the buffer is its buffer/ subdirectory")
+	fs := newFlagSet("buffer dump", "buffer dump [-state-dir DIR | -config PATH] [-from SEQ] [-unacked] [-n N] [-raw]", stderr)
+	sdf := addStateDirFlags(fs)
 	from := fs.Uint64("from", 0, "first seq to print")
 	unacked := fs.Bool("unacked", false, "print only records not yet acknowledged by the broker")
 	limit := fs.Int("n", 0, "print at most N records (0: all)")
@@ -164,10 +203,14 @@ func bufferDump(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if code := parseFlags(fs, args, 0); code >= 0 {
 		return code
 	}
+	stateDir, code := sdf.dir(stderr)
+	if code >= 0 {
+		return code
+	}
 	w := bufio.NewWriter(stdout)
 	n := 0
 	var line []byte
-	sum, err := buffer.Inspect(filepath.Join(*stateDir, "buffer"), func(r buffer.Record) error {
+	sum, err := buffer.Inspect(filepath.Join(stateDir, "buffer"), func(r buffer.Record) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

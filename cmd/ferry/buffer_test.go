@@ -103,9 +103,33 @@ func TestBufferStats(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
 		t.Fatalf("%q: %v", stdout, err)
 	}
-	if st["live"] != false || st["depth"] != 3.0 || st["acked_seq"] != 2.0 || st["next_seq"] != 5.0 ||
+	if st["live"] != false || st["depth"] != 3.0 || st["next_seq_to_ack"] != 2.0 || st["next_seq"] != 5.0 ||
 		st["corrupt"] != 0.0 || st["oldest_unacked_time"] == nil || st["newest_time"] == nil {
 		t.Fatalf("stats -json = %s", stdout)
+	}
+	// The text names what each seq is: acked_seq was read as a count.
+	code, stdout, _ = run(t, "buffer", "stats", "-state-dir", stateDir)
+	for _, want := range []string{
+		"next_seq_to_ack  2 (the first seq the broker has not acknowledged; all below it are delivered)\n",
+		"next_seq         5 (the seq the next reading will get)\n",
+	} {
+		if code != exitOK || !strings.Contains(stdout, want) {
+			t.Errorf("stats lacks %q:\n%s", want, stdout)
+		}
+	}
+	// -config takes gateway.state_dir from the config file.
+	cfg := writeConfig(t, "[gateway]\nid = \"t\"\nstate_dir = \""+stateDir+"\"\n")
+	code, stdout, stderr = run(t, "buffer", "stats", "-config", cfg, "-json")
+	if code != exitOK || !strings.Contains(stdout, `"next_seq_to_ack":2`) || !strings.Contains(stdout, `"dir":"`+filepath.Join(stateDir, "buffer")) {
+		t.Errorf("stats -config: exit %d\n%s%s", code, stdout, stderr)
+	}
+	code, stdout, stderr = run(t, "buffer", "dump", "-config", cfg)
+	if code != exitOK || strings.Count(stdout, "\n") != 4 {
+		t.Errorf("dump -config: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, _, stderr := run(t, "buffer", "dump", "-config", cfg, "-state-dir", stateDir); code != exitUsage ||
+		stderr != "ferry buffer dump: give -config or -state-dir, not both\n" {
+		t.Errorf("both: exit %d, %q", code, stderr)
 	}
 	// Inspecting changes nothing and does not lock: the log opens at once.
 	l2, err := buffer.Open(filepath.Join(stateDir, "buffer"), buffer.Options{})

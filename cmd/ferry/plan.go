@@ -58,7 +58,7 @@ func writePlan(w io.Writer, cfg *config.Config) error {
 		fmt.Fprintf(w, "modbus %s: %s unit %d, %s per cycle (%d with one request per tag)\n",
 			d.Name, d.URL, d.Unit, requests(p.NumRequests()), q.NumRequests())
 		if others := without(byURL[d.URL], d.Name); len(others) > 0 {
-			fmt.Fprintf(w, "  shares its connection with %s: one request at a time\n", strings.Join(others, ", "))
+			fmt.Fprintf(w, "  shares its connection with %s: one request at a time\n", nameList(others))
 		}
 		for _, sc := range p.ScanClasses() {
 			fmt.Fprintf(w, "  every %s:\n", sc.Interval)
@@ -144,6 +144,15 @@ func requests(n int) string {
 		return "1 request"
 	}
 	return fmt.Sprintf("%d requests", n)
+}
+
+// nameList lists names, the first three and how many more when there
+// are more than four (fifty meters behind two gateways).
+func nameList(names []string) string {
+	if len(names) <= 4 {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:3], ", "), len(names)-3)
 }
 
 func without(names []string, name string) []string {

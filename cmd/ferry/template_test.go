@@ -152,3 +152,25 @@ interval = "100ms"
 		t.Errorf("exit %d", code)
 	}
 }
+
+// TestTemplatesExample: examples/templates passes check as shipped, its
+// fifty meters and two presses expanded from their templates.
+func TestTemplatesExample(t *testing.T) {
+	const path = "../../examples/templates/ferry.toml"
+	code, stdout, stderr := run(t, "check", "-config", path)
+	if code != exitOK || stdout != path+": valid: 52 devices (50 modbus, 2 opcua), 256 tags\n" {
+		t.Fatalf("check: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2 := cfg.OPCUA[1]
+	if p2.Name != "press2" || len(p2.Tags) != 3 || p2.Tags[2].Node != "ns=2;s=Line2.Press.Setpoint" || *p2.Tags[2].Max != 180 || *p2.Tags[2].Min != 0 {
+		t.Errorf("press2: %+v", p2)
+	}
+	m7 := cfg.Modbus[6]
+	if m7.Name != "meter07" || m7.Tags[3].Name != "current" || m7.Tags[3].Scale != 2 || cfg.Modbus[7].Tags[3].Scale != 0.01 {
+		t.Errorf("meter07 current %+v, meter08 current %+v", m7.Tags[3], cfg.Modbus[7].Tags[3])
+	}
+}

@@ -242,11 +242,9 @@ func TestBatchConnStoreBeforeSocket(t *testing.T) {
 	})
 	defer b.Close()
 	pk := &packets.Publish{Topic: "t", QoS: 1, PacketID: 7, Payload: []byte("x"), Properties: &packets.Properties{}}
-	st.expectSeq(pk, 42)
-	if err := st.Put(7, packets.PUBLISH, pk); err != nil {
+	if err := st.Put(7, packets.PUBLISH, recordPacket{Publish: pk, seq: 42}); err != nil {
 		t.Fatal(err)
 	}
-	st.forget(pk)
 	st.mu.Lock()
 	size := st.size
 	st.mu.Unlock()

@@ -350,10 +350,7 @@ func TestSessionStoreReplay(t *testing.T) {
 	type pk struct{ bytes.Buffer }
 	put := func(id uint16, typ byte, seq uint64, data string) {
 		w := bytes.NewBufferString(data)
-		if seq != 0 {
-			s.expectSeq(w, seq)
-		}
-		if err := s.Put(id, typ, w); err != nil {
+		if err := s.Put(id, typ, withSeq(w, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -464,8 +461,7 @@ func TestSessionStoreReuseAndCompaction(t *testing.T) {
 			s.Delete(id)
 		}
 		w := bytes.NewBufferString(body(seq, sizes[seq%4]))
-		s.expectSeq(w, seq)
-		if err := s.Put(id, 3, w); err != nil {
+		if err := s.Put(id, 3, withSeq(w, seq)); err != nil {
 			t.Fatal(err)
 		}
 		live[id] = seq

@@ -156,6 +156,7 @@ type Publisher struct {
 
 	mu        sync.Mutex
 	cli       *paho.Client  // nil while down
+	link      *link         // the connection cli belongs to; nil while down
 	conn      net.Conn      // the current connection, for tests
 	connUp    chan struct{} // closed while connected; replaced when down
 	epoch     uint64        // incremented before every connection attempt
@@ -645,8 +646,6 @@ func (p *Publisher) load(j *job) bool {
 	return true
 }
 
-type seqKey struct{}
-
 // send hands j to the session (at QoS 0: writes it and acks it). It
 // returns false when ctx is done before (j stays in the log).
 func (p *Publisher) send(ctx context.Context, j *job) bool {
@@ -671,8 +670,8 @@ func (p *Publisher) send(ctx context.Context, j *job) bool {
 			p.jmu.Lock()
 		}
 		p.jmu.Unlock()
-		cli := p.awaitConnection(ctx)
-		if cli == nil {
+		l := p.awaitLink(ctx)
+		if l == nil {
 			return false
 		}
 		p.jmu.Lock()
@@ -701,8 +700,7 @@ func (p *Publisher) send(ctx context.Context, j *job) bool {
 			p.jmu.Unlock()
 		}
 		qos, nbytes, replay := j.pub.QoS, uint64(len(j.pub.Topic)+len(j.pub.Payload)), j.replay
-		_, err := cli.PublishWithOptions(context.WithValue(ctx, seqKey{}, j.seq), j.pub,
-			paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
+		err := l.publishRecord(ctx, j.seq, j.pub)
 		// From here on j belongs to the completion side if it is in the
 		// session.
 		if err == nil || errors.Is(err, paho.ErrNetworkErrorAfterStored) {
@@ -738,7 +736,7 @@ func (p *Publisher) send(ctx context.Context, j *job) bool {
 		p.logger.Debug("publish interrupted", "topic", j.pub.Topic, "seq", j.seq, "err", err)
 		t := time.NewTimer(backoff(errs, 20*time.Millisecond, time.Second))
 		select {
-		case <-cli.Done():
+		case <-l.cli.Done():
 		case <-t.C:
 		case <-ctx.Done():
 		}
@@ -970,15 +968,24 @@ func reasonText(rc byte, reason string) string {
 // awaitConnection returns the current client, waiting until connected; nil
 // when ctx is done.
 func (p *Publisher) awaitConnection(ctx context.Context) *paho.Client {
+	if l := p.awaitLink(ctx); l != nil {
+		return l.cli
+	}
+	return nil
+}
+
+// awaitLink returns the current connection, waiting until connected; nil
+// when ctx is done.
+func (p *Publisher) awaitLink(ctx context.Context) *link {
 	for {
 		p.mu.Lock()
-		cli, up := p.cli, p.connUp
+		l, up := p.link, p.connUp
 		p.mu.Unlock()
 		if ctx.Err() != nil {
 			return nil
 		}
-		if cli != nil {
-			return cli
+		if l != nil {
+			return l
 		}
 		select {
 		case <-up:
@@ -1056,7 +1063,7 @@ func (p *Publisher) connectionLoop(ctx context.Context) {
 			return
 		}
 		attempt++
-		cli, ca, reason, err := p.connect(ctx)
+		l, ca, reason, err := p.connect(ctx)
 		if errors.Is(err, errFreshSession) {
 			attempt = 0
 			continue
@@ -1072,7 +1079,8 @@ func (p *Publisher) connectionLoop(ctx context.Context) {
 		}
 		attempt, lastErr = 0, ""
 		upAt := time.Now()
-		p.up(cli, ca)
+		p.up(l, ca)
+		cli := l.cli
 		select {
 		case <-cli.Done():
 			if time.Since(upAt) < stableAfter {
@@ -1103,7 +1111,7 @@ func (p *Publisher) connectionLoop(ctx context.Context) {
 
 // connect dials and sends CONNECT. reason receives the reason code of a
 // DISCONNECT from the server (+1, so 0 means none).
-func (p *Publisher) connect(ctx context.Context) (*paho.Client, *paho.Connack, *atomic.Int32, error) {
+func (p *Publisher) connect(ctx context.Context) (*link, *paho.Connack, *atomic.Int32, error) {
 	// No publish may enter the shared session through an older client from
 	// here on (see sessionGate).
 	p.epochMu.Lock()
@@ -1118,10 +1126,11 @@ func (p *Publisher) connect(ctx context.Context) (*paho.Client, *paho.Connack, *
 		return nil, nil, nil, err
 	}
 	reason := new(atomic.Int32)
+	gate := &sessionGate{SessionManager: p.sess, p: p, epoch: epoch}
 	cli := paho.NewClient(paho.ClientConfig{
 		ClientID: p.cfg.ClientID,
 		Conn:     conn,
-		Session:  &sessionGate{SessionManager: p.sess, p: p, epoch: epoch},
+		Session:  gate,
 		// Record publishes are asynchronous; state messages have their own
 		// timeouts. Nothing should time out on paho's clock.
 		PacketTimeout: 365 * 24 * time.Hour,
@@ -1165,7 +1174,14 @@ func (p *Publisher) connect(ctx context.Context) (*paho.Client, *paho.Connack, *
 		<-cli.Done()
 		return nil, nil, nil, errFreshSession
 	}
-	return cli, ca, reason, nil
+	l := &link{cli: cli, gate: gate, conn: conn, maxQoS: 2, retain: true}
+	if ca.Properties != nil {
+		if ca.Properties.MaximumQoS != nil {
+			l.maxQoS = *ca.Properties.MaximumQoS
+		}
+		l.retain = ca.Properties.RetainAvailable
+	}
+	return l, ca, reason, nil
 }
 
 // errFreshSession: connect started a new session and left; connect again.
@@ -1235,7 +1251,7 @@ func (p *Publisher) connectPacket() *paho.Connect {
 }
 
 // up publishes a new connection to the sender, after the session check.
-func (p *Publisher) up(cli *paho.Client, ca *paho.Connack) {
+func (p *Publisher) up(l *link, ca *paho.Connack) {
 	expected := p.store.hasSession()
 	p.store.setSession()
 	rm := 65535
@@ -1270,10 +1286,10 @@ func (p *Publisher) up(cli *paho.Client, ca *paho.Connack) {
 		p.stats.reconnects.Add(1)
 	}
 	p.stats.connects.Add(1)
-	p.cli = cli
+	p.cli, p.link = l.cli, l
 	close(p.connUp)
 	p.mu.Unlock()
-	p.resubscribe(cli)
+	p.resubscribe(l.cli)
 	ring(p.wake)
 	p.logger.Info("connected", "url", p.cfg.URL, "session_present", ca.SessionPresent, "receive_maximum", rm)
 	if p.cfg.StatusTopic != "" {
@@ -1290,16 +1306,61 @@ func (p *Publisher) down() {
 	if p.cli == nil {
 		return
 	}
-	p.cli = nil
+	p.cli, p.link = nil, nil
 	p.connUp = make(chan struct{})
+}
+
+// link is one connection: the paho client, its session gate and the
+// connection paho writes to, with what its CONNACK allows.
+type link struct {
+	cli    *paho.Client
+	gate   *sessionGate
+	conn   net.Conn
+	maxQoS byte // the broker's Maximum QoS
+	retain bool // the broker's Retain Available
+}
+
+// publishRecord hands the PUBLISH of the buffer record seq to the session
+// and writes it, without waiting for its acknowledgement (which the
+// session reports: see sessionGate.PacketReceived). At QoS 1 and 2 it does
+// what paho's asynchronous PublishWithOptions does, with the seq passed
+// explicitly to the session store (paho's call has no room for it); at
+// QoS 0 it is paho's call. It returns paho.ErrNetworkErrorAfterStored when
+// the packet is in the session but could not be written (the session
+// sends it again on the next connection), paho.ErrInvalidArguments when
+// the broker does not allow the packet.
+func (l *link) publishRecord(ctx context.Context, seq uint64, pub *paho.Publish) error {
+	if pub.QoS == 0 {
+		_, err := l.cli.PublishWithOptions(ctx, pub, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
+		return err
+	}
+	switch {
+	case pub.QoS > l.maxQoS:
+		return fmt.Errorf("%w: QoS %d above the broker's maximum %d", paho.ErrInvalidArguments, pub.QoS, l.maxQoS)
+	case pub.Retain && !l.retain:
+		return fmt.Errorf("%w: retained message, the broker supports none", paho.ErrInvalidArguments)
+	case pub.Topic == "":
+		return fmt.Errorf("%w: empty topic", paho.ErrInvalidArguments)
+	}
+	pb := pub.Packet()
+	// The session answers on resp; as with paho's asynchronous publish
+	// nobody reads it (it has room for the one answer).
+	resp := make(chan packets.ControlPacket, 1)
+	if err := l.gate.addRecord(ctx, seq, pb, resp); err != nil {
+		return err
+	}
+	if _, err := pb.WriteTo(l.conn); err != nil {
+		return paho.ErrNetworkErrorAfterStored
+	}
+	return nil
 }
 
 // sessionGate is the session of one connection. It keeps an old client
 // from adding a publish to the shared session once a newer connection is
 // being set up (such a packet would be written to the dead connection after
 // the new connection re-sent the session, and wait for an acknowledgement
-// until the next reconnect), tells the store which record each PUBLISH
-// carries, and reports the end of every record's exchange to the
+// until the next reconnect), hands the store the record each PUBLISH
+// carries (addRecord), and reports the end of every record's exchange to the
 // publisher.
 type sessionGate struct {
 	session.SessionManager
@@ -1313,11 +1374,6 @@ func (g *sessionGate) AddToSession(ctx context.Context, pk session.Packet, resp 
 	defer g.p.epochMu.RUnlock()
 	if g.p.epoch != g.epoch {
 		return session.ErrNoConnection
-	}
-	seq, _ := ctx.Value(seqKey{}).(uint64)
-	if seq != 0 {
-		g.p.store.expectSeq(pk, seq)
-		defer g.p.store.forget(pk)
 	}
 	err := g.SessionManager.AddToSession(ctx, pk, resp)
 	if stored, ok := ctx.Value(storedKey{}).(*atomic.Bool); ok && err == nil {
@@ -1368,6 +1424,13 @@ func (g *sessionGate) PacketReceived(recv *packets.ControlPacket, pubs chan<- *p
 		g.p.complete(seq, rc, reason)
 	}
 	return err
+}
+
+// addRecord adds the PUBLISH pb of the buffer record seq to the session
+// (see link.publishRecord): the seq travels with the packet, as a
+// recordPacket, into the store's Put.
+func (g *sessionGate) addRecord(ctx context.Context, seq uint64, pb *packets.Publish, resp chan<- packets.ControlPacket) error {
+	return g.AddToSession(ctx, recordPacket{Publish: pb, seq: seq}, resp)
 }
 
 // Close is a no-op: the session outlives every client.

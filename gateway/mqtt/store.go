@@ -13,6 +13,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/eclipse/paho.golang/packets"
 )
 
 // sessionStore is the client side of the MQTT session (the packets paho
@@ -114,7 +116,6 @@ type sessionStore struct {
 	free      [][]byte        // data of deleted packets, for the next Puts
 	freeBytes int             // their capacity
 	order     uint64          // Put counter, for List
-	expect    map[any]uint64  // packet (pointer) -> seq, set just before paho's Put
 	failing   map[uint16]bool // ids whose next Delete is a failure (no done mark)
 	marks     []markBucket    // done seqs, oldest bucket first
 	loaded    map[uint64]bool // done seqs read at open (for the publisher's start)
@@ -171,7 +172,7 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 // newMemoryStore returns a store without a file.
 func newMemoryStore() *sessionStore {
 	return &sessionStore{
-		live: map[uint16]*storedPacket{}, expect: map[any]uint64{}, failing: map[uint16]bool{},
+		live: map[uint16]*storedPacket{}, failing: map[uint16]bool{},
 		loaded: map[uint64]bool{}, logger: slog.New(slog.DiscardHandler), now: time.Now,
 	}
 }
@@ -462,19 +463,19 @@ const (
 	deferMax = 256 << 10
 )
 
-// expectSeq tells the store that packet pk (about to be added to the
-// session) carries the record seq.
-func (s *sessionStore) expectSeq(pk any, seq uint64) {
-	s.mu.Lock()
-	s.expect[pk] = seq
-	s.mu.Unlock()
+// recordPacket is the PUBLISH of a buffer record on its way into the
+// session (see sessionGate.addRecord): paho's session hands it to Put as
+// it is, so the seq reaches the store with the packet, explicitly.
+type recordPacket struct {
+	*packets.Publish
+	seq uint64
 }
 
-func (s *sessionStore) forget(pk any) {
-	s.mu.Lock()
-	delete(s.expect, pk)
-	s.mu.Unlock()
-}
+func (r recordPacket) recordSeq() uint64 { return r.seq }
+
+// seqCarrier is a packet that carries the seq of a buffer record
+// (recordPacket; in tests, any packet).
+type seqCarrier interface{ recordSeq() uint64 }
 
 // seqOf returns the seq of the live packet id (0 if none or not a record).
 func (s *sessionStore) seqOf(id uint16) uint64 {
@@ -564,7 +565,8 @@ func (s *sessionStore) startState() (live []uint64, done map[uint64]bool) {
 	return live, s.loaded
 }
 
-// Put implements paho's storer. The packet is encoded straight into the
+// Put implements paho's storer. A recordPacket carries the record's seq;
+// any other packet has none (0). The packet is encoded straight into the
 // pending record. With deferPuts the record is written by the connection
 // before the packet can leave (flushPending), in one write(2) with the
 // other records of the batch; otherwise now.
@@ -584,8 +586,9 @@ func (s *sessionStore) Put(id uint16, ptype byte, w io.WriterTo) error {
 	if old := s.live[id]; old != nil {
 		p.seq, p.order = old.seq, old.order // PUBREL replacing its PUBLISH
 	} else {
-		p.seq = s.expect[w]
-		delete(s.expect, w)
+		if r, ok := w.(seqCarrier); ok {
+			p.seq = r.recordSeq()
+		}
 		s.order++
 		p.order = s.order
 	}

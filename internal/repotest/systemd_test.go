@@ -484,3 +484,23 @@ func TestReadmeInstallLine(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildForPackageArchitectures compiles every package for the
+// architectures the .debs are built for. armhf is 32-bit: an untyped
+// constant such as math.MaxInt64 passed as an int compiles on amd64 and
+// arm64 but not there.
+func TestBuildForPackageArchitectures(t *testing.T) {
+	for _, tc := range []struct{ deb, goarch, goarm string }{
+		{"arm64", "arm64", ""},
+		{"armhf", "arm", "7"},
+	} {
+		t.Run(tc.deb, func(t *testing.T) {
+			cmd := exec.Command("go", "build", "./...")
+			cmd.Dir = "../.."
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+tc.goarch, "GOARM="+tc.goarm)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("go build ./... for %s (GOARCH=%s GOARM=%s): %v\n%s", tc.deb, tc.goarch, tc.goarm, err, out)
+			}
+		})
+	}
+}

@@ -14,6 +14,10 @@
 // relative file names are resolved against the config file's directory.
 // Every default lives in defaults.go, in a table ready for the README.
 //
+// Many identical devices share a [[template]] of tags, and a plant's
+// templates and devices may live in files of their own, added with
+// include = ["meters/*.toml"]: see template.go.
+//
 // The types in this file are the resolved model the rest of ferry consumes;
 // they carry no TOML decoding concerns.
 package config

@@ -55,6 +55,7 @@ func (d *decoder) decode(root map[string]any) *Config {
 			set.opcua = append(set.opcua, s)
 		}
 	}
+	d.checkUnused()
 	for _, f := range files[1:] {
 		f.finishIncluded()
 	}

@@ -39,6 +39,11 @@ import "time"
 //	buffer.sync                          "batch"
 //	buffer.sync_interval                 "10ms"
 //	metrics.listen                       "127.0.0.1:9108" ("" disables)
+//	include                              [] (main file only; see template.go)
+//	template.name, tag                   (required)
+//	template.vars                        [] (no placeholders)
+//	modbus.template, opcua.template      "" (no template)
+//	modbus.vars, opcua.vars              (a value for every placeholder the template declares)
 //	modbus.name, url                     (required)
 //	modbus.unit                          1
 //	modbus.interval                      "1s"

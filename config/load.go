@@ -114,8 +114,9 @@ type decoder struct {
 	sources []*source // the main file, then every included file, in order
 	errs    Errors
 
-	templates map[string]*template
-	used      map[string]*usedBy // errors in a template's tags, by errKey
+	templates    map[string]*template
+	templateList []*template        // in the order they are defined
+	used         map[string]*usedBy // errors in a template's tags, by errKey
 }
 
 // source is one file of the configuration: the main file or an included

@@ -78,6 +78,7 @@ type template struct {
 	kindT *table   // the tag holding the first key that told the kind
 	kindK string   // that key
 	mixed bool     // Modbus and OPC UA keys: not expanded
+	used  bool     // by a device
 }
 
 // templateUse is the device a template's tags are expanded for.
@@ -87,6 +88,9 @@ type templateUse struct {
 }
 
 func (u *templateUse) String() string {
+	if u.t == nil {
+		return u.dev
+	}
 	return u.dev + " at " + u.t.s.at(u.t.child("template"))
 }
 
@@ -292,6 +296,7 @@ func (d *decoder) template(t *table, seen map[string]*table) {
 	if ok {
 		tp.name = name
 		d.templates[name] = tp
+		d.templateList = append(d.templateList, tp)
 	}
 }
 
@@ -394,6 +399,7 @@ func (d *decoder) deviceTags(t *table, kind string) []*table {
 		}
 		return own
 	}
+	tp.used = true
 	use := &templateUse{dev: t.disp, t: t}
 	values := d.deviceVars(vars, tp, use)
 	if tp.mixed {
@@ -419,14 +425,8 @@ func (d *decoder) deviceTags(t *table, kind string) []*table {
 	var out []*table
 	used := map[*table]bool{}
 	for _, tt := range tp.tags {
-		m := make(map[string]any, len(tt.m))
-		for k, v := range tt.m {
-			if s, ok := v.(string); ok && k != "name" {
-				v = fillVars(s, values)
-			}
-			m[k] = v
-		}
-		x := &table{d: d, s: tt.s, m: m, raw: tt.raw, disp: fmt.Sprintf("%s.tag[%d]", tp.t.disp, tt.index), index: tt.index, use: use}
+		x := expandTag(tp, tt, values, use)
+		m := x.m
 		tagName, _ := tt.m["name"].(string)
 		if ot := overrides[tagName]; ot != nil && tagName != "" {
 			used[ot] = true
@@ -448,6 +448,46 @@ func (d *decoder) deviceTags(t *table, kind string) []*table {
 		}
 	}
 	return out
+}
+
+// expandTag returns a template's tag with its placeholders filled from
+// values, to be decoded for use.
+func expandTag(tp *template, tt *table, values map[string]string, use *templateUse) *table {
+	m := make(map[string]any, len(tt.m))
+	for k, v := range tt.m {
+		if s, ok := v.(string); ok && k != "name" {
+			v = fillVars(s, values)
+		}
+		m[k] = v
+	}
+	return &table{d: tt.d, s: tt.s, m: m, raw: tt.raw, disp: fmt.Sprintf("%s.tag[%d]", tp.t.disp, tt.index), index: tt.index, use: use}
+}
+
+// checkUnused checks the tags of every template no device uses as those
+// of a device of its kind with the default settings, its placeholders
+// filled with "1": a register map written before its devices is checked
+// too.
+func (d *decoder) checkUnused() {
+	for _, tp := range d.templateList {
+		if tp.used || tp.mixed || tp.kind == "" {
+			continue
+		}
+		values := map[string]string{}
+		for _, v := range tp.vars {
+			values[v] = "1"
+		}
+		use := &templateUse{dev: fmt.Sprintf("no device: checked as the tags of a [[%s]] device with the default settings", tp.kind)}
+		seen := map[string]*table{}
+		for _, tt := range tp.tags {
+			x := expandTag(tp, tt, values, use)
+			if tp.kind == kindModbus {
+				dev := defaultModbusDevice()
+				d.modbusTag(x, &dev, seen)
+			} else {
+				d.opcuaTag(x, seen)
+			}
+		}
+	}
 }
 
 // deviceVars reads a device's vars: a value for every placeholder of its

@@ -39,6 +39,10 @@ func cmdProbe(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return exitUsage
 	}
+	if err := config.CheckURL(pos[1], config.ModbusSchemes...); err != nil {
+		fmt.Fprintf(stderr, "ferry probe: %v\n", err)
+		return exitUsage
+	}
 	switch {
 	case *unit < 0 || *unit > 255:
 		fmt.Fprintln(stderr, "ferry probe: -unit must be 0..255")

@@ -48,7 +48,7 @@ func TestProbe(t *testing.T) {
 		{[]string{"probe", "opcua", s.URL()}, exitUsage, "expected: probe modbus URL"},
 		{[]string{"probe", "modbus", s.URL(), "-table", "nope"}, exitUsage, "unknown -table"},
 		{[]string{"probe", "modbus", s.URL(), "-count", "126"}, exitFailure, "out of range"},
-		{[]string{"probe", "modbus", "bogus://x"}, exitFailure, "ferry probe"},
+		{[]string{"probe", "modbus", "bogus://x"}, exitUsage, `ferry probe: unsupported scheme "bogus"`},
 		{[]string{"probe", "-h"}, exitOK, "Usage: ferry probe modbus URL"},
 	} {
 		code, stdout, stderr := run(t, tc.args...)

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
+	"path/filepath"
 	"runtime/debug"
 	"sync"
 	"syscall"
@@ -29,7 +31,66 @@ func cmdCheck(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	fmt.Fprintln(stdout, cfg.Summary())
+	if len(cfg.Modbus)+len(cfg.OPCUA) == 0 {
+		fmt.Fprintf(stderr, "warning: %s\n", noDevices(*path))
+	}
+	if err := stateDirUsable(cfg.Gateway.StateDir, false); err != nil {
+		fmt.Fprintf(stderr, "warning: %v\n", err)
+	}
 	return exitOK
+}
+
+// noDevices is the warning of check and run for a config without devices.
+func noDevices(path string) string {
+	return fmt.Sprintf("%s has no devices: nothing will be polled (add a [[modbus]] or [[opcua]] table; ferry init prints a starter config)", path)
+}
+
+// stateDirUsable checks that the user running ferry can use dir as
+// gateway.state_dir: it exists and is writable, or can be created. With
+// create (ferry run), it is created; without (ferry check), nothing is
+// changed and only permissions are looked at. The error says which key to
+// set and who needs which permission.
+func stateDirUsable(dir string, create bool) error {
+	who := "the user ferry runs as"
+	if u, err := user.Current(); err == nil {
+		who = fmt.Sprintf("user %s (uid %s)", u.Username, u.Uid)
+	}
+	fix := fmt.Sprintf("set gateway.state_dir to a directory %s can write, or let it write %s (e.g. install -d -o USER -m 0750 %s)", who, dir, dir)
+	if create {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("gateway.state_dir %q cannot be created: %w: %s", dir, err, fix)
+		}
+		f, err := os.CreateTemp(dir, ".ferry-write-test-")
+		if err != nil {
+			return fmt.Errorf("gateway.state_dir %q is not writable: %w: %s", dir, err, fix)
+		}
+		f.Close()
+		os.Remove(f.Name())
+		return nil
+	}
+	// check: the directory, or the nearest parent that exists, must be
+	// writable (and searchable) by this user.
+	p := filepath.Clean(dir)
+	for {
+		st, err := os.Stat(p)
+		if err == nil {
+			if !st.IsDir() {
+				return fmt.Errorf("gateway.state_dir %q cannot be used: %s is not a directory: %s", dir, p, fix)
+			}
+			if err := syscall.Access(p, 0o3); err != nil { // W_OK|X_OK
+				if p == filepath.Clean(dir) {
+					return fmt.Errorf("gateway.state_dir %q is not writable by %s: %s", dir, who, fix)
+				}
+				return fmt.Errorf("gateway.state_dir %q does not exist and %s cannot create it in %s: %s", dir, who, p, fix)
+			}
+			return nil
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return nil
+		}
+		p = parent
+	}
 }
 
 // loadConfig loads path and prints every error in the contract's
@@ -85,6 +146,13 @@ func cmdRun(ctx context.Context, args []string, _, stderr io.Writer) int {
 	}
 	logger.Info("ferry starting", "version", version, "config", *path,
 		"modbus_devices", len(cfg.Modbus), "opcua_devices", len(cfg.OPCUA))
+	if len(cfg.Modbus)+len(cfg.OPCUA) == 0 {
+		logger.Warn(noDevices(*path))
+	}
+	if err := stateDirUsable(cfg.Gateway.StateDir, true); err != nil {
+		logger.Error("ferry cannot start", "err", err)
+		return exitFailure
+	}
 	notify := systemd.NewNotifier(logger)
 	// SIGHUP is caught from the start (its default action would kill the
 	// gateway) and handled once the gateway is ready.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
@@ -21,7 +22,12 @@ func FuzzParse(f *testing.F) {
 	}
 	const path = "testdata/good/fuzz.toml"
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := Parse(path, data, testEnv)
+		c, err := parse(path, data, testEnv, memFiles{}) // FuzzParseInclude gives included files
+		if err == nil {
+			if d, err := Parse(path, data, testEnv); err != nil || !reflect.DeepEqual(c, d) {
+				t.Fatalf("no include, but Parse differs: %v", err)
+			}
+		}
 		if err == nil {
 			if c == nil {
 				t.Fatal("nil config without error")

@@ -190,10 +190,8 @@ func TestSharedLink(t *testing.T) {
 	for u, sink := range sinks {
 		sink.waitCycle(t, "good", func(rs []adapters.Reading) bool { return allGood(rs) && rs[0].Value.Uint() == uint64(u+1) })
 	}
-	linksMu.Lock()
-	l, n := links[s.URL()], len(links)
-	linksMu.Unlock()
-	if l == nil || l.refs != 3 || pollers[0].link != l || pollers[2].link != l {
+	l, refs, n := shared.lookup(s.URL())
+	if l == nil || refs != 3 || pollers[0].link != l || pollers[2].link != l {
 		t.Fatalf("no shared link (%d links)", n)
 	}
 

@@ -38,18 +38,48 @@ type link struct {
 	timeouts    map[*Poller]time.Duration
 	consecTmout int // consecutive unanswered requests, any unit; reset by any answer
 
-	refs int // guarded by linksMu
+	reg  *registry
+	refs int // guarded by reg.mu
 }
 
-var (
-	linksMu sync.Mutex
-	links   = map[string]*link{}
-)
+// registry holds the links of a process by URL. Pollers and ReadRaw get
+// theirs through acquireLink and give it back with link.release; nothing
+// outside this file sees the map.
+type registry struct {
+	mu    sync.Mutex
+	links map[string]*link
+}
+
+// shared is the registry of this process: devices configured with the
+// same url share one link whichever gateway, reload or probe built them.
+var shared = &registry{links: map[string]*link{}}
+
+// lookup returns the link of url, if any, its number of users and the
+// number of links (tests).
+func (r *registry) lookup(url string) (l *link, refs, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l = r.links[url]
+	if l != nil {
+		refs = l.refs
+	}
+	return l, refs, len(r.links)
+}
 
 // acquireLink returns the shared link of dev.URL, creating it on first use,
 // and registers p with its timeout. The serial settings of the first device
 // win (the config refuses devices on one url with different settings).
 func acquireLink(dev config.ModbusDevice, p *Poller, logger *slog.Logger) (*link, error) {
+	cc, err := clientConfig(dev, logger)
+	if err != nil {
+		return nil, err
+	}
+	return shared.acquire(dev, cc, p), nil
+}
+
+// clientConfig is the client configuration of dev's url, validated
+// without I/O.
+func clientConfig(dev config.ModbusDevice, logger *slog.Logger) (mb.ClientConfiguration, error) {
 	cc := mb.ClientConfiguration{
 		URL:    dev.URL,
 		Logger: log.New(slogWriter{logger}, "", 0),
@@ -66,42 +96,47 @@ func acquireLink(dev config.ModbusDevice, p *Poller, logger *slog.Logger) (*link
 		case "odd":
 			cc.Parity = mb.PARITY_ODD
 		default:
-			return nil, fmt.Errorf("modbus[%s]: unknown parity %q", dev.Name, dev.Parity)
+			return cc, fmt.Errorf("modbus[%s]: unknown parity %q", dev.Name, dev.Parity)
 		}
 	}
 	// Validate the URL now, without I/O. Credentials in it are refused
 	// (as the config does) so that no message or log can show them.
 	if u, err := url.Parse(dev.URL); err != nil || u.User != nil {
-		return nil, fmt.Errorf("modbus[%s]: url %q: invalid, or holds credentials", dev.Name, config.RedactURL(dev.URL))
+		return cc, fmt.Errorf("modbus[%s]: url %q: invalid, or holds credentials", dev.Name, config.RedactURL(dev.URL))
 	}
 	probe := cc
 	probe.Timeout = time.Second
 	if _, err := mb.NewClient(&probe); err != nil {
-		return nil, fmt.Errorf("modbus[%s]: url %q: %w", dev.Name, dev.URL, err)
+		return cc, fmt.Errorf("modbus[%s]: url %q: %w", dev.Name, dev.URL, err)
 	}
-	linksMu.Lock()
-	l := links[dev.URL]
+	return cc, nil
+}
+
+func (r *registry) acquire(dev config.ModbusDevice, cc mb.ClientConfiguration, p *Poller) *link {
+	r.mu.Lock()
+	l := r.links[dev.URL]
 	if l == nil {
-		l = &link{key: dev.URL, cfg: cc, timeouts: map[*Poller]time.Duration{}}
-		links[dev.URL] = l
+		l = &link{key: dev.URL, cfg: cc, timeouts: map[*Poller]time.Duration{}, reg: r}
+		r.links[dev.URL] = l
 	}
 	l.refs++
-	linksMu.Unlock()
+	r.mu.Unlock()
 	l.mu.Lock()
 	l.timeouts[p] = dev.Timeout
 	l.mu.Unlock()
-	return l, nil
+	return l
 }
 
 // release unregisters p; the last user closes the connection.
 func (l *link) release(p *Poller) {
-	linksMu.Lock()
+	r := l.reg
+	r.mu.Lock()
 	l.refs--
 	last := l.refs == 0
 	if last {
-		delete(links, l.key)
+		delete(r.links, l.key)
 	}
-	linksMu.Unlock()
+	r.mu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.timeouts, p)
@@ -111,6 +146,82 @@ func (l *link) release(p *Poller) {
 		l.lock.release()
 		l.lock = nil
 	}
+}
+
+// held is a link while its holder has it to itself (hold): the only way
+// to send requests on it. Its methods must not be used after unhold.
+type held struct{ l *link }
+
+// hold waits for the link and holds it for one request or a sequence of
+// them (a write and its read-back).
+func (l *link) hold() held {
+	l.mu.Lock()
+	return held{l}
+}
+
+// unhold lets the next holder have the link.
+func (h held) unhold() { h.l.mu.Unlock() }
+
+// connected reports whether the link is open.
+func (h held) connected() bool { return h.l.connected }
+
+// lastErr is why the link is not connected (nil when it never failed).
+func (h held) lastErr() error { return h.l.lastErr }
+
+// ensure opens the link if it is closed (see link.ensure).
+func (h held) ensure(force bool, minB, maxB time.Duration) (bool, error) {
+	return h.l.ensure(force, minB, maxB)
+}
+
+// read performs one read request for unit (see link.read).
+func (h held) read(unit uint8, table string, start, count uint16) ([]uint16, []bool, error) {
+	return h.l.read(unit, table, start, count)
+}
+
+// writeCoil performs FC5 for unit.
+func (h held) writeCoil(unit uint8, addr uint16, on bool) error {
+	_ = h.l.client.SetUnitId(unit)
+	return h.l.client.WriteCoil(addr, on)
+}
+
+// writeRegisters performs FC6 for one register, FC16 for several.
+func (h held) writeRegisters(unit uint8, addr uint16, words []uint16) error {
+	_ = h.l.client.SetUnitId(unit)
+	if len(words) == 1 {
+		return h.l.client.WriteRegister(addr, words[0])
+	}
+	return h.l.client.WriteRegisters(addr, words)
+}
+
+// answered records that a device answered (data or exception).
+func (h held) answered(minB time.Duration) { h.l.answered(minB) }
+
+// fail closes the link after err (see link.fail).
+func (h held) fail(err error, minB, maxB time.Duration) { h.l.fail(err, minB, maxB) }
+
+// timedOut records a request that was not answered in time; when no
+// device on the link answers any more, the link is closed after err.
+func (h held) timedOut(err error, minB, maxB time.Duration) {
+	l := h.l
+	l.consecTmout++
+	if l.consecTmout >= l.users() {
+		l.fail(err, minB, maxB)
+	}
+}
+
+// connect opens the link if it is closed and the backoff has passed (or
+// force); see link.ensure.
+func (l *link) connect(force bool, minB, maxB time.Duration) (reconnected bool, err error) {
+	h := l.hold()
+	defer h.unhold()
+	return h.ensure(force, minB, maxB)
+}
+
+// isOpen reports whether the link is connected.
+func (l *link) isOpen() bool {
+	h := l.hold()
+	defer h.unhold()
+	return h.connected()
 }
 
 // users is the number of devices on the link. Caller holds mu.
@@ -212,4 +323,12 @@ func (l *link) read(unit uint8, table string, start, count uint16) (words []uint
 		err = mb.ErrProtocolError
 	}
 	return words, bits, err
+}
+
+// slogWriter forwards the modbus library's log lines to slog at debug level.
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(b []byte) (int, error) {
+	w.l.Debug(strings.TrimSpace(string(b)))
+	return len(b), nil
 }

@@ -32,11 +32,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -324,9 +322,7 @@ func (p *Poller) cycle(ctx context.Context, ci int, out []adapters.Reading, forc
 		p.markBad(ci, c.reqs, out, p.lastErr, time.Now())
 		return true
 	}
-	l.mu.Lock()
-	reconnected, err := l.ensure(force, p.minBackoff, p.maxBackoff)
-	l.mu.Unlock()
+	reconnected, err := l.connect(force, p.minBackoff, p.maxBackoff)
 	if reconnected {
 		p.stats.add(func(s *Stats) { s.Reconnects++ })
 		p.log.Info("modbus reconnected", "url", p.dev.URL)
@@ -355,10 +351,7 @@ func (p *Poller) cycle(ctx context.Context, ci int, out []adapters.Reading, forc
 func (p *Poller) unitFailed(l *link, err error) {
 	p.lastErr = err
 	p.setState(false, err)
-	l.mu.Lock()
-	open := l.connected
-	l.mu.Unlock()
-	if !open {
+	if !l.isOpen() {
 		return
 	}
 	d := time.Duration(float64(p.backoff) * (0.8 + 0.4*rand.Float64()))
@@ -457,16 +450,16 @@ func (p *Poller) readTree(ctx context.Context, l *link, ci int, r *request, out 
 // alone).
 func (p *Poller) send(ctx context.Context, l *link, r *request) ([]uint16, []bool, error) {
 	for attempt := 0; ; attempt++ {
-		l.mu.Lock()
-		if !l.connected {
-			err := l.lastErr
-			l.mu.Unlock()
+		h := l.hold()
+		if !h.connected() {
+			err := h.lastErr()
+			h.unhold()
 			if err == nil {
 				err = errors.New("not connected")
 			}
 			return nil, nil, fmt.Errorf("read %s %d+%d: %w", r.table, r.start, r.count, err)
 		}
-		words, bits, err := l.read(p.dev.Unit, r.table, r.start, r.count)
+		words, bits, err := h.read(p.dev.Unit, r.table, r.start, r.count)
 		var werr error
 		if err != nil {
 			werr = fmt.Errorf("read %s %d+%d: %w", r.table, r.start, r.count, err)
@@ -474,23 +467,20 @@ func (p *Poller) send(ctx context.Context, l *link, r *request) ([]uint16, []boo
 		retry := false
 		switch {
 		case err == nil:
-			l.answered(p.minBackoff)
+			h.answered(p.minBackoff)
 		case errors.Is(err, mb.ErrRequestTimedOut):
 			retry = true
 		case isException(err):
-			l.answered(p.minBackoff)
+			h.answered(p.minBackoff)
 			retry = transient(err) || unitError(err)
 		default:
-			l.fail(werr, p.minBackoff, p.maxBackoff)
+			h.fail(werr, p.minBackoff, p.maxBackoff)
 		}
 		final := err == nil || !retry || attempt >= p.dev.Retries || ctx.Err() != nil
 		if final && errors.Is(err, mb.ErrRequestTimedOut) {
-			l.consecTmout++
-			if l.consecTmout >= l.users() {
-				l.fail(werr, p.minBackoff, p.maxBackoff)
-			}
+			h.timedOut(werr, p.minBackoff, p.maxBackoff)
 		}
-		l.mu.Unlock()
+		h.unhold()
 		p.stats.add(func(s *Stats) {
 			s.Requests++
 			if err != nil {
@@ -695,55 +685,3 @@ func (p *Poller) noteRequest(r *request, err error) {
 	p.reqErr[k] = msg
 	p.log.Warn("modbus request failed", "table", r.table, "start", r.start, "count", r.count, "err", msg)
 }
-
-// isException reports whether err is a Modbus exception response: the
-// device (or a gateway in front of it) answered.
-func isException(err error) bool {
-	switch {
-	case errors.Is(err, mb.ErrIllegalFunction),
-		errors.Is(err, mb.ErrIllegalDataAddress),
-		errors.Is(err, mb.ErrIllegalDataValue),
-		errors.Is(err, mb.ErrServerDeviceFailure),
-		errors.Is(err, mb.ErrAcknowledge),
-		errors.Is(err, mb.ErrServerDeviceBusy),
-		errors.Is(err, mb.ErrMemoryParityError),
-		errors.Is(err, mb.ErrGWPathUnavailable),
-		errors.Is(err, mb.ErrGWTargetFailedToRespond):
-		return true
-	}
-	return strings.Contains(err.Error(), "unknown exception code")
-}
-
-// transient: the device is busy; the same request may succeed in a moment.
-func transient(err error) bool {
-	return errors.Is(err, mb.ErrServerDeviceBusy) || errors.Is(err, mb.ErrAcknowledge)
-}
-
-// unitError: the unit did not answer (a timeout, or a gateway saying so):
-// the device is down, its link may be fine.
-func unitError(err error) bool {
-	return errors.Is(err, mb.ErrRequestTimedOut) || errors.Is(err, mb.ErrGWPathUnavailable) ||
-		errors.Is(err, mb.ErrGWTargetFailedToRespond)
-}
-
-// splitOn: exceptions that may concern only some registers of a request,
-// so that its parts may succeed.
-func splitOn(err error) bool {
-	return errors.Is(err, mb.ErrIllegalDataAddress) || errors.Is(err, mb.ErrIllegalDataValue) ||
-		errors.Is(err, mb.ErrServerDeviceFailure) || errors.Is(err, mb.ErrMemoryParityError)
-}
-
-type nopSink struct{}
-
-func (nopSink) Readings([]adapters.Reading)     {}
-func (nopSink) DeviceState(string, bool, error) {}
-
-// slogWriter forwards the modbus library's log lines to slog at debug level.
-type slogWriter struct{ l *slog.Logger }
-
-func (w slogWriter) Write(b []byte) (int, error) {
-	w.l.Debug(strings.TrimSpace(string(b)))
-	return len(b), nil
-}
-
-var _ io.Writer = slogWriter{}

@@ -29,16 +29,16 @@ func ReadRaw(dev config.ModbusDevice, table string, start, count uint16) ([]uint
 		return nil, nil, err
 	}
 	defer l.release(p)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, err := l.ensure(true, minBackoff, maxBackoff); err != nil {
+	h := l.hold()
+	defer h.unhold()
+	if _, err := h.ensure(true, minBackoff, maxBackoff); err != nil {
 		return nil, nil, err
 	}
-	words, bits, err := l.read(dev.Unit, table, start, count)
+	words, bits, err := h.read(dev.Unit, table, start, count)
 	if err != nil {
 		err = fmt.Errorf("read %s %d+%d: %w", table, start, count, err)
 		if !isException(err) {
-			l.fail(err, minBackoff, maxBackoff)
+			h.fail(err, minBackoff, maxBackoff)
 		}
 	}
 	return words, bits, err

@@ -86,6 +86,8 @@ func TestCheckName(t *testing.T) {
 		{"a\xffb", "tag", `not invalid UTF-8`},
 		{strings.Repeat("я", 65), "tag", `is longer than 128 bytes`},
 		{"status", "tag", `"status" is reserved`},
+		{"deadletter", "device", `"deadletter" is reserved`},
+		{"deadletter", "tag", ""}, // P/DEVICE/deadletter collides with nothing
 	}
 	for _, c := range cases {
 		err := checkName(c.name, c.kind)

@@ -160,6 +160,9 @@ func checkName(s, kind string) error {
 			return errors.New(`"status" is reserved: a tag named status would collide with the device's status topic P/DEVICE/status`)
 		}
 	}
+	if s == "deadletter" && kind == "device" {
+		return errors.New(`"deadletter" is reserved: a device named deadletter would collide with the dead-letter notices on P/deadletter`)
+	}
 	return nil
 }
 

@@ -30,7 +30,7 @@ import (
 // before, when set, is called by the flusher before every socket write:
 // the session store writes its pending records there, so a packet is never
 // on the wire before the session store record that describes it is in the
-// file (see sessionStore.flushPending).
+// file (see session.Store.Flush).
 //
 // A Write succeeds once buffered. A socket write error stops the flusher;
 // later Writes are discarded (and succeed), and the socket is not closed:

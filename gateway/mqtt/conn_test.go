@@ -5,12 +5,16 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
+
+	"github.com/ferry-gateway/ferry/gateway/mqtt/session"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -226,30 +230,34 @@ func TestBatchConnCloseUnblocks(t *testing.T) {
 // The session store's pending records are in the file before the packet
 // is on the socket.
 func TestBatchConnStoreBeforeSocket(t *testing.T) {
-	st, err := openStore(t.TempDir(), testLogger(t))
+	dir := t.TempDir()
+	st, err := session.Open(dir, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	st.deferPuts = true
+	st.SetDeferPuts(true)
+	size := func() int64 {
+		fi, err := os.Stat(filepath.Join(dir, "session.log"))
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		return fi.Size()
+	}
 	c, s := tcpPair(t)
 	var sizeAtWrite atomic.Int64
 	b := newBatchConn(c, func() {
-		st.flushPending()
-		st.mu.Lock()
-		sizeAtWrite.Store(st.size)
-		st.mu.Unlock()
+		st.Flush()
+		sizeAtWrite.Store(size())
 	})
 	defer b.Close()
 	pk := &packets.Publish{Topic: "t", QoS: 1, PacketID: 7, Payload: []byte("x"), Properties: &packets.Properties{}}
-	if err := st.Put(7, packets.PUBLISH, recordPacket{Publish: pk, seq: 42}); err != nil {
+	if err := st.Put(7, packets.PUBLISH, session.Record{Publish: pk, Seq: 42}); err != nil {
 		t.Fatal(err)
 	}
-	st.mu.Lock()
-	size := st.size
-	st.mu.Unlock()
-	if size != 0 {
-		t.Fatalf("Put wrote %d bytes at once with deferPuts", size)
+	if n := size(); n != 0 {
+		t.Fatalf("Put wrote %d bytes at once with deferred puts", n)
 	}
 	if _, err := pk.WriteTo(b); err != nil {
 		t.Fatal(err)
@@ -260,12 +268,12 @@ func TestBatchConnStoreBeforeSocket(t *testing.T) {
 	if sizeAtWrite.Load() == 0 {
 		t.Fatal("packet written before its store record")
 	}
-	st2, err := openStore(st.dir, testLogger(t))
+	st2, err := session.Open(dir, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st2.Close()
-	if live, _ := st2.startState(); len(live) != 1 || live[0] != 42 {
+	if live, _ := st2.StartState(); len(live) != 1 || live[0] != 42 {
 		t.Fatalf("reopened store has seqs %v, want [42]", live)
 	}
 }

@@ -153,7 +153,7 @@ func (p *Publisher) writeDead(batch []*job) {
 	for i, j := range batch {
 		seqs[i] = j.seq
 	}
-	p.store.markDone(seqs...)
+	p.store.MarkDone(seqs...)
 	p.stats.deadLettered.Add(uint64(len(batch)))
 	for _, j := range batch {
 		if ok, suppressed := p.refusals.allow("dead " + j.pub.Topic); ok {

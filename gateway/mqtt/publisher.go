@@ -67,6 +67,7 @@
 package mqtt
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -81,11 +82,12 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
-	"github.com/eclipse/paho.golang/paho/session"
+	pahosession "github.com/eclipse/paho.golang/paho/session"
 	"github.com/eclipse/paho.golang/paho/session/state"
 	"github.com/eclipse/paho.golang/paho/store/memory"
 
 	"github.com/ferry-gateway/ferry/adapters"
+	"github.com/ferry-gateway/ferry/gateway/mqtt/session"
 	"github.com/ferry-gateway/ferry/gateway/record"
 )
 
@@ -142,7 +144,7 @@ type Publisher struct {
 	ep        endpoint
 	log       Log
 	logger    *slog.Logger
-	store     *sessionStore
+	store     *session.Store
 	sess      *state.State // shared by all connections
 	running   atomic.Bool
 	backlog   atomic.Bool // records read now are history (after an outage or at start): user property replay=true
@@ -233,15 +235,15 @@ func New(cfg Config, log Log) (*Publisher, error) {
 		return nil, errors.New("mqtt: nil log")
 	}
 	logger := cfg.Logger.With("component", "mqtt")
-	st := newMemoryStore()
+	st := session.NewMemory()
 	if cfg.SessionDir != "" {
-		if st, err = openStore(cfg.SessionDir, logger); err != nil {
+		if st, err = session.Open(cfg.SessionDir, logger); err != nil {
 			return nil, err
 		}
 	}
 	// At QoS 1 and 2 every connection is a batchConn, which writes the
 	// store's pending records before each socket write.
-	st.deferPuts = cfg.QoS > 0
+	st.SetDeferPuts(cfg.QoS > 0)
 	p := &Publisher{
 		cfg:       cfg,
 		ep:        ep,
@@ -314,7 +316,7 @@ func (p *Publisher) Stats() Stats {
 	p.jmu.Lock()
 	s.InFlight = len(p.pending)
 	p.jmu.Unlock()
-	s.SessionWriteErrors, s.SessionCorrupt = p.store.health()
+	s.SessionWriteErrors, s.SessionCorrupt = p.store.Health()
 	return s
 }
 
@@ -429,7 +431,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 // done are acked, records in flight are left to paho and skipped by the
 // sender.
 func (p *Publisher) resume() {
-	live, done := p.store.startState()
+	live, done := p.store.StartState()
 	start := p.log.Acked()
 	var ds []uint64
 	for q := range done {
@@ -678,7 +680,7 @@ func (p *Publisher) send(ctx context.Context, j *job) bool {
 		if len(p.resend) > 0 && p.resend[0].seq < j.seq {
 			// The session was lost while j waited: what was in flight goes
 			// first, j takes its place among it.
-			i, _ := slices.BinarySearchFunc(p.resend, j.seq, func(a *job, s uint64) int { return cmpU64(a.seq, s) })
+			i, _ := slices.BinarySearchFunc(p.resend, j.seq, func(a *job, s uint64) int { return cmp.Compare(a.seq, s) })
 			p.resend = slices.Insert(p.resend, i, j)
 			p.jmu.Unlock()
 			return true
@@ -854,7 +856,7 @@ func (p *Publisher) failWith(j *job, rc byte, reason string, forGood bool) {
 // handles the refusal (fail). False if seq has no packet in the session,
 // or is past its PUBREC (the broker has it).
 func (p *Publisher) refuseLocally(seq uint64, rc byte, reason string) bool {
-	id, ok := p.store.idOf(seq)
+	id, ok := p.store.IDOf(seq)
 	if !ok {
 		return false
 	}
@@ -1169,7 +1171,7 @@ func (p *Publisher) connect(ctx context.Context) (*link, *paho.Connack, *atomic.
 		// persists only sessions whose connection had Clean Start = 0, so
 		// leave (DISCONNECT 0x00: no Will, the session stays for
 		// SessionExpiry) and resume it at once with Clean Start = 0.
-		p.store.setSession()
+		p.store.SetSession()
 		_ = cli.Disconnect(&paho.Disconnect{ReasonCode: 0})
 		<-cli.Done()
 		return nil, nil, nil, errFreshSession
@@ -1197,7 +1199,7 @@ func (p *Publisher) dial(ctx context.Context) (net.Conn, error) {
 			// writev (atomic on it, so no locking wrapper is needed).
 			return conn, err
 		}
-		return newBatchConn(conn, p.store.flushPending), nil
+		return newBatchConn(conn, p.store.Flush), nil
 	}
 	cfg := p.cfg.TLS
 	if cfg == nil {
@@ -1217,7 +1219,7 @@ func (p *Publisher) dial(ctx context.Context) (net.Conn, error) {
 		return packets.NewThreadSafeConn(conn), nil
 	}
 	// One TLS write (and as few records as possible) per batch of packets.
-	return newBatchConn(conn, p.store.flushPending), nil
+	return newBatchConn(conn, p.store.Flush), nil
 }
 
 func (p *Publisher) connectPacket() *paho.Connect {
@@ -1229,7 +1231,7 @@ func (p *Publisher) connectPacket() *paho.Connect {
 		// connection ever (persistent store) or of this process (memory
 		// store). Otherwise a QoS 2 packet id still awaiting PUBREL at the
 		// broker could swallow a new message.
-		CleanStart: !p.store.hasSession(),
+		CleanStart: !p.store.HasSession(),
 		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry},
 	}
 	if p.cfg.Username != "" {
@@ -1252,8 +1254,8 @@ func (p *Publisher) connectPacket() *paho.Connect {
 
 // up publishes a new connection to the sender, after the session check.
 func (p *Publisher) up(l *link, ca *paho.Connack) {
-	expected := p.store.hasSession()
-	p.store.setSession()
+	expected := p.store.HasSession()
+	p.store.SetSession()
 	rm := 65535
 	if ca.Properties != nil && ca.Properties.ReceiveMaximum != nil {
 		rm = int(*ca.Properties.ReceiveMaximum)
@@ -1269,7 +1271,7 @@ func (p *Publisher) up(l *link, ca *paho.Connack) {
 		}
 		clear(p.pending)
 		if len(lost) > 0 {
-			slices.SortFunc(lost, func(a, b *job) int { return cmpU64(a.seq, b.seq) })
+			slices.SortFunc(lost, func(a, b *job) int { return cmp.Compare(a.seq, b.seq) })
 			p.resend = append(lost, p.resend...)
 		}
 	}
@@ -1363,17 +1365,17 @@ func (l *link) publishRecord(ctx context.Context, seq uint64, pub *paho.Publish)
 // carries (addRecord), and reports the end of every record's exchange to the
 // publisher.
 type sessionGate struct {
-	session.SessionManager
+	pahosession.SessionManager
 	p     *Publisher
 	epoch uint64
 	local bool // see refuseLocally
 }
 
-func (g *sessionGate) AddToSession(ctx context.Context, pk session.Packet, resp chan<- packets.ControlPacket) error {
+func (g *sessionGate) AddToSession(ctx context.Context, pk pahosession.Packet, resp chan<- packets.ControlPacket) error {
 	g.p.epochMu.RLock()
 	defer g.p.epochMu.RUnlock()
 	if g.p.epoch != g.epoch {
-		return session.ErrNoConnection
+		return pahosession.ErrNoConnection
 	}
 	err := g.SessionManager.AddToSession(ctx, pk, resp)
 	if stored, ok := ctx.Value(storedKey{}).(*atomic.Bool); ok && err == nil {
@@ -1409,14 +1411,14 @@ func (g *sessionGate) PacketReceived(recv *packets.ControlPacket, pubs chan<- *p
 	}
 	if g.local {
 		// a refusal made up by refuseLocally: not the broker's
-	} else if pk, ok := recv.Content.(*packets.Pubrec); ok && g.p.store.seqOf(pk.PacketID) != 0 || id != 0 && g.p.store.seqOf(id) != 0 {
+	} else if pk, ok := recv.Content.(*packets.Pubrec); ok && g.p.store.SeqOf(pk.PacketID) != 0 || id != 0 && g.p.store.SeqOf(id) != 0 {
 		g.p.connAcks.Add(1) // a record acknowledged (see checkPoison)
 	}
 	var seq uint64
 	if final {
-		seq = g.p.store.seqOf(id)
+		seq = g.p.store.SeqOf(id)
 		if seq != 0 && rc >= 0x80 {
-			g.p.store.failNext(id)
+			g.p.store.FailNext(id)
 		}
 	}
 	err := g.SessionManager.PacketReceived(recv, pubs)
@@ -1430,7 +1432,7 @@ func (g *sessionGate) PacketReceived(recv *packets.ControlPacket, pubs chan<- *p
 // (see link.publishRecord): the seq travels with the packet, as a
 // recordPacket, into the store's Put.
 func (g *sessionGate) addRecord(ctx context.Context, seq uint64, pb *packets.Publish, resp chan<- packets.ControlPacket) error {
-	return g.AddToSession(ctx, recordPacket{Publish: pb, seq: seq}, resp)
+	return g.AddToSession(ctx, session.Record{Publish: pb, Seq: seq}, resp)
 }
 
 // Close is a no-op: the session outlives every client.

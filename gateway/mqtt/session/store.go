@@ -1,4 +1,4 @@
-package mqtt
+package session
 
 import (
 	"bytes"
@@ -17,89 +17,22 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 )
 
-// sessionStore is the client side of the MQTT session (the packets paho
-// keeps until the broker has acknowledged them: outgoing PUBLISH, then
-// PUBREL at QoS 2) plus what the publisher needs to hand records over between
-// the disk buffer and the session exactly once:
-//
-//   - the buffer seq each stored packet carries (0 for packets that are not
-//     buffer records, such as state messages), written in the same record as
-//     the packet, so the two can never disagree;
-//   - "done" marks: the seqs whose delivery completed (PUBACK / PUBCOMP with
-//     a success code) or that were dead-lettered. The buffer persists its
-//     commit cursor a little after Ack (sync_interval), so after a kill -9
-//     the buffer may offer again a record the broker already has; the marks
-//     say it is done. A mark is kept for markRetention, far longer than the
-//     buffer takes to persist its cursor.
-//
-// It implements paho's session/state storer interface. With a directory it
-// is an append-only log file (session.log) of CRC-32C framed records,
-// written without fsync, each before the packet it describes can reach the
-// socket (at QoS 1 and 2 the records of a batch of packets are written
-// with one write(2) just before the batch goes out: see flushPending): it survives a kill -9 of
-// ferry (the data is in the kernel), and a power failure can only cost its
-// tail, which makes QoS 2 at-least-once for what was in flight, never loses
-// a record (the buffer acks only completed deliveries). The log is compacted
-// (rewritten, renamed) when it grows. Without a directory it lives in memory.
-//
-// # File format
-//
-// session.log is a plain sequence of frames, with no file header. All
-// integers are little endian. This version writes version 2 frames:
-//
-//	offset size field
-//	0      4    magic F3 53 53 02 ("\xF3SS" + frame version 2)
-//	4      4    n, length of the body (1 .. 2^28)
-//	8      4    CRC-32C (Castagnoli) over bytes 4..8 and the body
-//	12     n    body
-//
-// and still reads version 1 frames (no magic; testdata/session-v1.log),
-// written before this version: 0 4 n | 4 4 CRC-32C over the body | 8 n body.
-// A file of version 1 frames is rewritten in version 2 when it is opened.
-// The body's first byte is its type:
-//
-//	1 put      id u16, packet type u8, seq u64, the packet as paho serializes it
-//	2 delete   id u16, done u8 (1: the seq is done, 0: refused, to be retried)
-//	3 mark     from u64, to u64: the seqs from..to (inclusive) are done
-//	4 reset    the broker had no session: forget every live packet
-//	5 session  a session exists at the broker (Clean Start = 0 from now on)
-//
-// testdata/session-v2.log pins the format (go test -run
-// TestSessionStoreGolden -update rewrites it, for an intended change only).
-//
-// # Damage and write errors
-//
-// At open, a frame that fails its checks (magic, length, CRC, a body that
-// is not one of the above) starts a search, byte by byte, for the next
-// good frame. Bad bytes with good frames after them are copied to
-// corrupt/session.log.<unixnano>.<offset>.bin, logged and counted, and the
-// file is rewritten from what was read; a bad tail (a write torn by a
-// crash or a full disk) is cut off (its bytes kept unless all zero).
-// Opening never fails on bad data, only on I/O errors.
-//
-// A write that fails or is short (ENOSPC, EIO) is cut back to the last
-// whole frame at once, and the file is then rewritten from memory (which
-// holds everything the lost frames said) as soon as writes succeed again;
-// until then nothing is appended. So the file on disk is always a prefix
-// of good frames, and a kill -9 after a full-disk episode finds everything
-// (see flushLocked).
-//
-// paho's own store/file was not used: it fsyncs and renames a file per
-// packet (two per QoS 2 message, about 3 k operations/s on this hardware,
-// far below the broker), orders resends by file ModTime, pads List with 0
-// ids when the directory holds other files, and has nowhere to keep the
-// seq of a PUBREL.
-type sessionStore struct {
+// Store is the client side of the MQTT session: the packets in flight
+// with the buffer seq each carries, and the done marks (see the package
+// documentation). It implements paho's session/state storer (Put, Get,
+// Delete, Quarantine, List, Reset); its other methods are for the
+// publisher. All methods may be called from any goroutine.
+type Store struct {
 	mu      sync.Mutex
 	dir     string
 	f       logFile                // nil: memory only
-	wrap    func(*os.File) logFile // see openStoreWith
+	wrap    func(*os.File) logFile // see openWith
 	size    int64                  // bytes in f
 	compact int64                  // size after the last compaction
 	pend    []byte                 // framed records not yet written (see Put and Delete)
 	aw      appendWriter
 	// deferPuts: Put leaves its record in pend; the connection writes
-	// pend (flushPending) before every socket write. Set when every
+	// pend (Flush) before every socket write. Set when every
 	// connection is a batchConn.
 	deferPuts bool
 	logger    *slog.Logger
@@ -108,9 +41,10 @@ type sessionStore struct {
 	// anything is appended again. See flushLocked.
 	broken         bool
 	retryAt        time.Time
-	writeErrors    uint64 // failed or short writes
-	corruptRegions int    // bad regions skipped at open
-	corruptBytes   int64  // their size
+	writeErrors    uint64             // failed or short writes
+	corruptRegions int                // bad regions skipped at open
+	corruptBytes   int64              // their size
+	damage         []*CorruptionError // every bad region found at open, the torn tail included
 
 	live      map[uint16]*storedPacket
 	free      [][]byte        // data of deleted packets, for the next Puts
@@ -169,26 +103,26 @@ type logFile interface {
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-// newMemoryStore returns a store without a file.
-func newMemoryStore() *sessionStore {
-	return &sessionStore{
+// NewMemory returns a store without a file.
+func NewMemory() *Store {
+	return &Store{
 		live: map[uint16]*storedPacket{}, failing: map[uint16]bool{},
 		loaded: map[uint64]bool{}, logger: slog.New(slog.DiscardHandler), now: time.Now,
 	}
 }
 
-// openStore opens (creating it if needed) the store in dir, which should
+// Open opens (creating it if needed) the store in dir, which should
 // hold nothing else. Bad records are skipped (see the format in the type's
 // doc): the bytes are kept in corrupt/, logged and counted, and the file
 // is rewritten without them; a torn tail is cut off.
-func openStore(dir string, logger *slog.Logger) (*sessionStore, error) {
-	return openStoreWith(dir, logger, nil)
+func Open(dir string, logger *slog.Logger) (*Store, error) {
+	return openWith(dir, logger, nil)
 }
 
-// openStoreWith is openStore with a wrapper for every file the store
+// openWith is Open with a wrapper for every file the store
 // writes (nil: the *os.File itself); tests inject write faults with it.
-func openStoreWith(dir string, logger *slog.Logger, wrap func(*os.File) logFile) (*sessionStore, error) {
-	s := newMemoryStore()
+func openWith(dir string, logger *slog.Logger, wrap func(*os.File) logFile) (*Store, error) {
+	s := NewMemory()
 	s.dir, s.logger, s.wrap = dir, logger, wrap
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("mqtt: session store %s: %w", dir, err)
@@ -207,6 +141,10 @@ func openStoreWith(dir string, logger *slog.Logger, wrap func(*os.File) logFile)
 	rep := s.replay(data)
 	for _, r := range rep.bad {
 		s.keepCorrupt(data, r)
+		cerr := &CorruptionError{File: path, Offset: r[0], Size: r[1] - r[0],
+			Tail: r[0] == rep.good && r[1] == int64(len(data)), Err: frameError(data[r[0]:], rep.version)}
+		s.damage = append(s.damage, cerr)
+		s.logger.Warn("mqtt session store: skipping a damaged region", "err", cerr, "tail", cerr.Tail)
 	}
 	switch {
 	case len(rep.bad) > 0 && !rep.tornOnly(len(data)), rep.version == 1:
@@ -229,9 +167,7 @@ func openStoreWith(dir string, logger *slog.Logger, wrap func(*os.File) logFile)
 			s.logger.Error("mqtt session store: rewrite failed; retried before the next write", "file", path, "err", err)
 		}
 	default:
-		if len(rep.bad) > 0 {
-			s.logger.Warn("mqtt session store: torn or corrupt tail cut off", "file", path, "at", rep.good, "size", len(data))
-		}
+		// A torn tail, if any (logged above), is cut off.
 		if err := f.Truncate(rep.good); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("mqtt: session store %s: %w", path, err)
@@ -250,11 +186,82 @@ func openStoreWith(dir string, logger *slog.Logger, wrap func(*os.File) logFile)
 	return s, nil
 }
 
-func (s *sessionStore) wrapFile(f *os.File) logFile {
+func (s *Store) wrapFile(f *os.File) logFile {
 	if s.wrap != nil {
 		return s.wrap(f)
 	}
 	return f
+}
+
+// CorruptionError describes a region of session.log that failed
+// validation at open. Open logs it and skips the bytes (see the package
+// documentation); Damage returns them.
+type CorruptionError struct {
+	File   string // path of session.log
+	Offset int64  // offset of the first bad byte
+	Size   int64  // length of the bad region
+	Tail   bool   // the region ran to the end of the file: cut off
+	Err    error  // why the first frame of the region failed
+}
+
+func (e *CorruptionError) Error() string {
+	return fmt.Sprintf("mqtt session store: corruption in %s at offset %d (%d bytes): %v", e.File, e.Offset, e.Size, e.Err)
+}
+
+func (e *CorruptionError) Unwrap() error { return e.Err }
+
+// Reasons of a CorruptionError (its Err).
+var (
+	ErrTruncated = errors.New("frame runs past the end of the file")
+	ErrMagic     = errors.New("no frame magic")
+	ErrLength    = errors.New("frame length out of range")
+	ErrChecksum  = errors.New("CRC mismatch")
+	ErrRecord    = errors.New("malformed record body")
+)
+
+// frameError says why the frame at the start of b fails its checks (see
+// parseFrame), for a file of frames of version want (either when 0).
+func frameError(b []byte, want int) error {
+	if want == 1 {
+		if len(b) < 8 {
+			return ErrTruncated
+		}
+		n := binary.LittleEndian.Uint32(b)
+		switch {
+		case n < 1 || n > maxBody:
+			return ErrLength
+		case int(n) > len(b)-8:
+			return ErrTruncated
+		case !validBody(b[8 : 8+int(n)]):
+			return ErrRecord
+		}
+		return ErrChecksum
+	}
+	if m := min(len(b), len(frameMagic)); !bytes.Equal(b[:m], frameMagic[:m]) {
+		return ErrMagic
+	}
+	if len(b) < frameHdr {
+		return ErrTruncated
+	}
+	n := binary.LittleEndian.Uint32(b[4:])
+	switch {
+	case n < 1 || n > maxBody:
+		return ErrLength
+	case int(n) > len(b)-frameHdr:
+		return ErrTruncated
+	}
+	body := b[frameHdr : frameHdr+int(n)]
+	if crc32.Update(crc32.Checksum(b[4:8], crcTable), crcTable, body) != binary.LittleEndian.Uint32(b[8:]) {
+		return ErrChecksum
+	}
+	return ErrRecord
+}
+
+// Damage returns the bad regions found at open (nil for a clean file).
+func (s *Store) Damage() []*CorruptionError {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.damage)
 }
 
 // replayResult is what replay found in a session log.
@@ -282,7 +289,7 @@ func (r replayResult) badBytes() int64 {
 // a search, byte by byte, for the next frame that passes them (of the
 // version of the file's first good frame); the bytes in between are a bad
 // region.
-func (s *sessionStore) replay(data []byte) replayResult {
+func (s *Store) replay(data []byte) replayResult {
 	var res replayResult
 	now := s.now()
 	var marks []uint64
@@ -317,7 +324,7 @@ func (s *sessionStore) replay(data []byte) replayResult {
 
 // keepCorrupt copies the bad region r of data to corrupt/ (zeros are not
 // kept: a torn tail after a crash is often a run of them).
-func (s *sessionStore) keepCorrupt(data []byte, r [2]int64) {
+func (s *Store) keepCorrupt(data []byte, r [2]int64) {
 	b := data[r[0]:r[1]]
 	if len(bytes.Trim(b, "\x00")) == 0 {
 		return
@@ -381,7 +388,7 @@ func validBody(b []byte) bool {
 }
 
 // apply replays one valid record body.
-func (s *sessionStore) apply(b []byte, marks *[]uint64) {
+func (s *Store) apply(b []byte, marks *[]uint64) {
 	switch b[0] {
 	case recPut:
 		id := binary.LittleEndian.Uint16(b[1:])
@@ -412,7 +419,7 @@ func (s *sessionStore) apply(b []byte, marks *[]uint64) {
 
 // write appends one record now (after those pending, in one write(2));
 // the caller holds s.mu.
-func (s *sessionStore) write(body []byte) {
+func (s *Store) write(body []byte) {
 	if s.f == nil {
 		return
 	}
@@ -429,7 +436,7 @@ func (w *appendWriter) Write(p []byte) (int, error) {
 }
 
 // frame appends body as a frame of the current version to dst.
-func (s *sessionStore) frame(dst, body []byte) []byte {
+func (s *Store) frame(dst, body []byte) []byte {
 	start := len(dst)
 	dst = append(dst, frameMagic[:]...)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(body)))
@@ -463,22 +470,22 @@ const (
 	deferMax = 256 << 10
 )
 
-// recordPacket is the PUBLISH of a buffer record on its way into the
+// Record is the PUBLISH of a buffer record on its way into the
 // session (see sessionGate.addRecord): paho's session hands it to Put as
 // it is, so the seq reaches the store with the packet, explicitly.
-type recordPacket struct {
+type Record struct {
 	*packets.Publish
-	seq uint64
+	Seq uint64
 }
 
-func (r recordPacket) recordSeq() uint64 { return r.seq }
+func (r Record) recordSeq() uint64 { return r.Seq }
 
 // seqCarrier is a packet that carries the seq of a buffer record
-// (recordPacket; in tests, any packet).
+// (Record; in tests, any packet).
 type seqCarrier interface{ recordSeq() uint64 }
 
-// seqOf returns the seq of the live packet id (0 if none or not a record).
-func (s *sessionStore) seqOf(id uint16) uint64 {
+// SeqOf returns the seq of the live packet id (0 if none or not a record).
+func (s *Store) SeqOf(id uint16) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p := s.live[id]; p != nil {
@@ -487,8 +494,8 @@ func (s *sessionStore) seqOf(id uint16) uint64 {
 	return 0
 }
 
-// idOf returns the packet id of the live packet carrying seq.
-func (s *sessionStore) idOf(seq uint64) (uint16, bool) {
+// IDOf returns the packet id of the live packet carrying seq.
+func (s *Store) IDOf(seq uint64) (uint16, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id, p := range s.live {
@@ -499,17 +506,17 @@ func (s *sessionStore) idOf(seq uint64) (uint16, bool) {
 	return 0, false
 }
 
-// failNext makes the next Delete of id leave no done mark: the broker
+// FailNext makes the next Delete of id leave no done mark: the broker
 // refused the packet and the record will be retried.
-func (s *sessionStore) failNext(id uint16) {
+func (s *Store) FailNext(id uint16) {
 	s.mu.Lock()
 	s.failing[id] = true
 	s.mu.Unlock()
 }
 
-// markDone records seqs as done without a packet (dead-lettered), in one
+// MarkDone records seqs as done without a packet (dead-lettered), in one
 // write.
-func (s *sessionStore) markDone(seqs ...uint64) {
+func (s *Store) MarkDone(seqs ...uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var b [17]byte
@@ -525,7 +532,7 @@ func (s *sessionStore) markDone(seqs ...uint64) {
 	s.flushLocked()
 }
 
-func (s *sessionStore) addMark(seq uint64) {
+func (s *Store) addMark(seq uint64) {
 	now := s.now()
 	if n := len(s.marks); n == 0 || now.Sub(s.marks[n-1].t) > time.Second {
 		s.marks = append(s.marks, markBucket{t: now})
@@ -534,8 +541,18 @@ func (s *sessionStore) addMark(seq uint64) {
 	b.seqs = append(b.seqs, seq)
 }
 
-// setSession records that the broker holds a session for us.
-func (s *sessionStore) setSession() {
+// SetDeferPuts makes Put leave its record pending, to be written by Flush
+// (which the connection calls before every socket write) in one write(2)
+// with the other records of the batch. Set it when every connection
+// writes through a batchConn.
+func (s *Store) SetDeferPuts(on bool) {
+	s.mu.Lock()
+	s.deferPuts = on
+	s.mu.Unlock()
+}
+
+// SetSession records that the broker holds a session for us.
+func (s *Store) SetSession() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.session {
@@ -545,15 +562,15 @@ func (s *sessionStore) setSession() {
 	s.write([]byte{recSession})
 }
 
-func (s *sessionStore) hasSession() bool {
+func (s *Store) HasSession() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.session
 }
 
-// startState returns the seqs of the live record packets and the done
+// StartState returns the seqs of the live record packets and the done
 // marks read at open.
-func (s *sessionStore) startState() (live []uint64, done map[uint64]bool) {
+func (s *Store) StartState() (live []uint64, done map[uint64]bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, p := range s.live {
@@ -565,12 +582,12 @@ func (s *sessionStore) startState() (live []uint64, done map[uint64]bool) {
 	return live, s.loaded
 }
 
-// Put implements paho's storer. A recordPacket carries the record's seq;
+// Put implements paho's storer. A Record carries the record's seq;
 // any other packet has none (0). The packet is encoded straight into the
 // pending record. With deferPuts the record is written by the connection
-// before the packet can leave (flushPending), in one write(2) with the
+// before the packet can leave (Flush), in one write(2) with the
 // other records of the batch; otherwise now.
-func (s *sessionStore) Put(id uint16, ptype byte, w io.WriterTo) error {
+func (s *Store) Put(id uint16, ptype byte, w io.WriterTo) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := len(s.pend)
@@ -610,7 +627,7 @@ func (s *sessionStore) Put(id uint16, ptype byte, w io.WriterTo) error {
 }
 
 // Get implements paho's storer.
-func (s *sessionStore) Get(id uint16) (io.ReadCloser, error) {
+func (s *Store) Get(id uint16) (io.ReadCloser, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.live[id]
@@ -632,7 +649,7 @@ const (
 // reuse returns an empty buffer for a packet of n bytes: one of a deleted
 // packet when it is large enough. A backlog drain of 7 kB messages
 // otherwise allocated (and the GC scanned) a copy of every packet.
-func (s *sessionStore) reuse(n int) []byte {
+func (s *Store) reuse(n int) []byte {
 	for i := len(s.free) - 1; i >= 0; i-- {
 		if b := s.free[i]; cap(b) >= n {
 			last := len(s.free) - 1
@@ -646,7 +663,7 @@ func (s *sessionStore) reuse(n int) []byte {
 }
 
 // release keeps b (the data of a deleted packet) for reuse.
-func (s *sessionStore) release(b []byte) {
+func (s *Store) release(b []byte) {
 	if len(s.free) < maxFree && s.freeBytes+cap(b) <= maxFreeBytes {
 		s.free = append(s.free, b)
 		s.freeBytes += cap(b)
@@ -654,8 +671,8 @@ func (s *sessionStore) release(b []byte) {
 }
 
 // Delete implements paho's storer: the packet's exchange is over. Unless
-// failNext was called for id, its seq is done.
-func (s *sessionStore) Delete(id uint16) error {
+// FailNext was called for id, its seq is done.
+func (s *Store) Delete(id uint16) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.live[id]
@@ -691,10 +708,10 @@ func (s *sessionStore) Delete(id uint16) error {
 	return nil
 }
 
-// flushPending writes the pending records (one write(2)). batchConn calls
+// Flush writes the pending records (one write(2)). batchConn calls
 // it before every socket write: a PUBLISH or PUBREL is never on the wire
 // before its record is in the file (in the kernel: it survives a kill -9).
-func (s *sessionStore) flushPending() {
+func (s *Store) Flush() {
 	s.mu.Lock()
 	s.flushLocked()
 	s.mu.Unlock()
@@ -711,7 +728,7 @@ func (s *sessionStore) flushPending() {
 // prefix of the truth, never a record in the middle that cuts off what
 // follows it at the next start. A kill -9 while broken can cost what the
 // missing records said (at QoS 2, duplicates of what was in flight).
-func (s *sessionStore) flushLocked() {
+func (s *Store) flushLocked() {
 	if s.f == nil {
 		return
 	}
@@ -756,7 +773,7 @@ func (s *sessionStore) flushLocked() {
 }
 
 // dropPending empties pend, keeping its buffer unless it grew large.
-func (s *sessionStore) dropPending() {
+func (s *Store) dropPending() {
 	if cap(s.pend) > 4*deferMax {
 		s.pend = nil
 	} else {
@@ -765,20 +782,20 @@ func (s *sessionStore) dropPending() {
 }
 
 // Quarantine implements paho's storer (a packet that cannot be parsed).
-func (s *sessionStore) Quarantine(id uint16) error {
+func (s *Store) Quarantine(id uint16) error {
 	s.mu.Lock()
 	p := s.live[id]
 	s.mu.Unlock()
 	if p != nil {
 		s.logger.Error("mqtt session store: unreadable packet dropped", "id", id, "seq", p.seq)
-		s.failNext(id)
+		s.FailNext(id)
 	}
 	return s.Delete(id)
 }
 
 // List implements paho's storer: ids in the order their first packet was
 // stored (seq order for records, as the publisher stores them in order).
-func (s *sessionStore) List() ([]uint16, error) {
+func (s *Store) List() ([]uint16, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ids := make([]uint16, 0, len(s.live))
@@ -807,7 +824,7 @@ func cmpU64(a, b uint64) int {
 
 // Reset implements paho's storer: the broker has no session. The done
 // marks stay.
-func (s *sessionStore) Reset() error {
+func (s *Store) Reset() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	clear(s.live)
@@ -817,14 +834,14 @@ func (s *sessionStore) Reset() error {
 }
 
 // health returns the failed writes and the damaged regions skipped at open.
-func (s *sessionStore) health() (writeErrors uint64, corrupt int) {
+func (s *Store) Health() (writeErrors uint64, corrupt int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.writeErrors, s.corruptRegions
 }
 
-// livePackets is the number of stored packets.
-func (s *sessionStore) livePackets() int {
+// LivePackets is the number of stored packets.
+func (s *Store) LivePackets() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.live)
@@ -839,7 +856,7 @@ func (s *sessionStore) livePackets() int {
 const compactMin = 8 << 20
 
 // maybeCompact rewrites the log when it has grown; the caller holds s.mu.
-func (s *sessionStore) maybeCompact() {
+func (s *Store) maybeCompact() {
 	if s.f == nil || s.size < compactMin || s.size < 4*s.compact {
 		return
 	}
@@ -849,7 +866,7 @@ func (s *sessionStore) maybeCompact() {
 }
 
 // compactLocked writes what is pending, then rewrites the file.
-func (s *sessionStore) compactLocked() error {
+func (s *Store) compactLocked() error {
 	s.flushLocked()
 	if s.broken {
 		return errors.New("the last write failed")
@@ -862,7 +879,7 @@ func (s *sessionStore) compactLocked() error {
 // renames it over session.log; the caller holds s.mu. On success the store
 // appends to the new file and is no longer broken; on failure the old file
 // is kept as it was.
-func (s *sessionStore) rewriteLocked() error {
+func (s *Store) rewriteLocked() error {
 	// Drop old marks.
 	cut := s.now().Add(-markRetention)
 	i := 0
@@ -930,7 +947,7 @@ func (s *sessionStore) rewriteLocked() error {
 }
 
 // Close closes the file.
-func (s *sessionStore) Close() error {
+func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.f == nil {

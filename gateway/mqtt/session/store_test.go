@@ -1,4 +1,4 @@
-package mqtt
+package session
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -22,7 +23,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 // testdata/session-v*.log: a session flag, a QoS 2 exchange at PUBREL, a
 // delivered and a refused record, a state message, a dead-letter mark and
 // one packet in flight.
-func goldenSequence(t *testing.T, s *sessionStore) {
+func goldenSequence(t *testing.T, s *Store) {
 	t.Helper()
 	s.now = func() time.Time { return time.Unix(1700000000, 0) }
 	put := func(id uint16, typ byte, seq uint64, data string) {
@@ -32,25 +33,25 @@ func goldenSequence(t *testing.T, s *sessionStore) {
 			t.Fatal(err)
 		}
 	}
-	s.setSession()
+	s.SetSession()
 	put(1, 3, 10, "publish-10")
 	put(2, 3, 11, "publish-11")
 	put(3, 3, 0, "state")
 	put(1, 6, 0, "pubrel-10")
 	s.Delete(2)
 	put(4, 3, 12, "publish-12")
-	s.failNext(4)
+	s.FailNext(4)
 	s.Delete(4)
-	s.markDone(13)
+	s.MarkDone(13)
 	put(5, 3, 14, "publish-14")
 }
 
 // checkGoldenState checks what a store opened on a golden file holds.
-func checkGoldenState(t *testing.T, s *sessionStore) {
+func checkGoldenState(t *testing.T, s *Store) {
 	t.Helper()
-	live, done := s.startState()
-	if fmt.Sprint(live) != "[10 14]" || !done[11] || !done[13] || done[12] || len(done) != 2 || !s.hasSession() {
-		t.Fatalf("live %v done %v session %v", live, done, s.hasSession())
+	live, done := s.StartState()
+	if fmt.Sprint(live) != "[10 14]" || !done[11] || !done[13] || done[12] || len(done) != 2 || !s.HasSession() {
+		t.Fatalf("live %v done %v session %v", live, done, s.HasSession())
 	}
 	ids, _ := s.List()
 	if fmt.Sprint(ids) != "[1 3 5]" {
@@ -67,14 +68,14 @@ func checkGoldenState(t *testing.T, s *sessionStore) {
 			t.Errorf("packet %d = %q, want %q", id, b.String(), want)
 		}
 	}
-	if s.seqOf(1) != 10 || s.seqOf(5) != 14 || s.seqOf(3) != 0 {
-		t.Errorf("seqs %d %d %d", s.seqOf(1), s.seqOf(5), s.seqOf(3))
+	if s.SeqOf(1) != 10 || s.SeqOf(5) != 14 || s.SeqOf(3) != 0 {
+		t.Errorf("seqs %d %d %d", s.SeqOf(1), s.SeqOf(5), s.SeqOf(3))
 	}
 }
 
-func quietStore(t *testing.T, dir string) *sessionStore {
+func quietStore(t *testing.T, dir string) *Store {
 	t.Helper()
-	s, err := openStore(dir, slog.New(slog.DiscardHandler))
+	s, err := Open(dir, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,23 +184,27 @@ func TestSessionStoreCorruption(t *testing.T) {
 		mangle  func(data []byte, offs []int) ([]byte, []int)
 		regions int // bad regions counted (a torn tail is cut, not counted)
 		kept    bool
+		// at is the offset of the first bad byte (the first Damage), from
+		// the frame offsets and the file's length; why is its reason.
+		at  func(o []int, size int) int
+		why error
 	}{
 		{"torn tail", func(d []byte, o []int) ([]byte, []int) {
 			return d[:o[n-1]+7], []int{n}
-		}, 0, true},
+		}, 0, true, func(o []int, _ int) int { return o[n-1] }, ErrTruncated},
 		{"torn middle record", func(d []byte, o []int) ([]byte, []int) {
 			// The ENOSPC case: half a record, then whole ones.
 			out := append(bytes.Clone(d[:o[20]+9]), d[o[21]:]...)
 			return out, []int{21}
-		}, 1, true},
+		}, 1, true, func(o []int, _ int) int { return o[20] }, ErrChecksum},
 		{"flipped bits", func(d []byte, o []int) ([]byte, []int) {
 			d[o[10]+frameHdr+5] ^= 0x24
 			return d, []int{11}
-		}, 1, true},
+		}, 1, true, func(o []int, _ int) int { return o[10] }, ErrChecksum},
 		{"flipped length", func(d []byte, o []int) ([]byte, []int) {
 			d[o[15]+5] ^= 0x01
 			return d, []int{16}
-		}, 1, true},
+		}, 1, true, func(o []int, _ int) int { return o[15] }, ErrChecksum},
 		{"zeroed page", func(d []byte, o []int) ([]byte, []int) {
 			from, to := o[5], min(o[5]+4096, o[n-1])
 			clear(d[from:to])
@@ -214,14 +219,14 @@ func TestSessionStoreCorruption(t *testing.T) {
 				}
 			}
 			return d, lost // the page cuts frames: their bytes are kept
-		}, 1, true},
+		}, 1, true, func(o []int, _ int) int { return o[5] }, ErrMagic},
 		{"zeroed tail", func(d []byte, o []int) ([]byte, []int) {
 			return append(d, make([]byte, 4096)...), nil
-		}, 0, false},
+		}, 0, false, func(_ []int, size int) int { return size }, ErrMagic},
 		{"garbage inserted", func(d []byte, o []int) ([]byte, []int) {
 			g := []byte("\xf3SS\x02garbage that looks a little like a frame\x00\x01\x02")
 			return slices.Insert(bytes.Clone(d), o[30], g...), nil
-		}, 1, true},
+		}, 1, true, func(o []int, _ int) int { return o[30] }, ErrLength},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -241,12 +246,24 @@ func TestSessionStoreCorruption(t *testing.T) {
 				}
 			}
 			s := quietStore(t, dir)
-			live, _ := s.startState()
+			live, _ := s.StartState()
 			if fmt.Sprint(live) != fmt.Sprint(want) {
 				t.Fatalf("live seqs\n got %v\nwant %v", live, want)
 			}
 			if s.corruptRegions != c.regions {
 				t.Errorf("corrupt regions %d, want %d", s.corruptRegions, c.regions)
+			}
+			damage := s.Damage()
+			if len(damage) == 0 {
+				t.Fatal("no Damage reported")
+			}
+			var cerr *CorruptionError
+			if err := error(damage[0]); !errors.As(err, &cerr) || !errors.Is(err, c.why) ||
+				cerr.Offset != int64(c.at(offs, len(data))) || cerr.Size <= 0 {
+				t.Errorf("first damage %v, want offset %d and %v", damage[0], c.at(offs, len(data)), c.why)
+			}
+			if last := damage[len(damage)-1]; last.Tail != (c.regions == 0) {
+				t.Errorf("last damage %v: tail %v, want %v", last, last.Tail, c.regions == 0)
 			}
 			kept, _ := os.ReadDir(filepath.Join(dir, corruptDir))
 			if (len(kept) > 0) != c.kept {
@@ -260,8 +277,8 @@ func TestSessionStoreCorruption(t *testing.T) {
 			s.Close()
 			s = quietStore(t, dir)
 			defer s.Close()
-			live, _ = s.startState()
-			if fmt.Sprint(live) != fmt.Sprint(append(want, 999)) || s.corruptRegions != 0 {
+			live, _ = s.StartState()
+			if fmt.Sprint(live) != fmt.Sprint(append(want, 999)) || s.corruptRegions != 0 || s.Damage() != nil {
 				t.Fatalf("reopened: live %v, corrupt regions %d", live, s.corruptRegions)
 			}
 		})
@@ -287,7 +304,7 @@ func (f faultyFile) Write(p []byte) (int, error) {
 }
 
 // TestSessionStoreWriteFailure: writes fail (short, ENOSPC) for a while,
-// both direct and deferred (the connection's flushPending), then succeed.
+// both direct and deferred (the connection's Flush), then succeed.
 // Reading the file back as a restart after kill -9 would (no Close) gives
 // exactly the store's state: no torn record in the middle cuts off what
 // follows, and nothing said during the episode is missing.
@@ -297,7 +314,7 @@ func TestSessionStoreWriteFailure(t *testing.T) {
 			dir := t.TempDir()
 			var failing atomic.Bool
 			var fails atomic.Int64
-			s, err := openStoreWith(dir, slog.New(slog.DiscardHandler), func(f *os.File) logFile {
+			s, err := openWith(dir, slog.New(slog.DiscardHandler), func(f *os.File) logFile {
 				return faultyFile{File: f, failing: &failing, fails: &fails}
 			})
 			if err != nil {
@@ -315,12 +332,12 @@ func TestSessionStoreWriteFailure(t *testing.T) {
 				if err := s.Put(id, 3, withSeq(w, seq)); err != nil {
 					t.Fatal(err)
 				}
-				s.flushPending()
+				s.Flush()
 			}
 			// A window of 8 in flight, completed in order, each replaced.
 			step := func() {
 				id := uint16(seq%8) + 1
-				if s.seqOf(id) != 0 {
+				if s.SeqOf(id) != 0 {
 					s.Delete(id)
 				}
 				put(id)
@@ -333,7 +350,7 @@ func TestSessionStoreWriteFailure(t *testing.T) {
 				step()
 				clock = clock.Add(30 * time.Millisecond) // rewrite attempts fail too
 			}
-			s.markDone(5000)
+			s.MarkDone(5000)
 			failing.Store(false)
 			if fails.Load() < 2 {
 				t.Fatalf("%d failed writes", fails.Load())
@@ -345,7 +362,7 @@ func TestSessionStoreWriteFailure(t *testing.T) {
 			if s.writeErrors == 0 || s.broken {
 				t.Fatalf("write errors %d, broken %v", s.writeErrors, s.broken)
 			}
-			wantLive, wantDone := s.startState()
+			wantLive, wantDone := s.StartState()
 			s.mu.Lock()
 			for _, b := range s.marks {
 				for _, q := range b.seqs {
@@ -357,7 +374,7 @@ func TestSessionStoreWriteFailure(t *testing.T) {
 			// As after kill -9: the file as it is, not closed.
 			r := quietStore(t, dir)
 			defer r.Close()
-			live, done := r.startState()
+			live, done := r.StartState()
 			if fmt.Sprint(live) != fmt.Sprint(wantLive) {
 				t.Fatalf("live after restart %v, want %v", live, wantLive)
 			}
@@ -429,7 +446,7 @@ func TestSessionStoreENOSPC(t *testing.T) {
 	step := func() {
 		t.Helper()
 		id := uint16(seq%16) + 1
-		if s.seqOf(id) != 0 {
+		if s.SeqOf(id) != 0 {
 			s.Delete(id)
 		}
 		seq++
@@ -437,7 +454,7 @@ func TestSessionStoreENOSPC(t *testing.T) {
 		if err := s.Put(id, 3, withSeq(w, seq)); err != nil {
 			t.Fatal(err)
 		}
-		s.flushPending()
+		s.Flush()
 	}
 	for range 200 {
 		step()
@@ -453,11 +470,11 @@ func TestSessionStoreENOSPC(t *testing.T) {
 	for range 200 {
 		step()
 	}
-	wantLive, _ := s.startState()
+	wantLive, _ := s.StartState()
 
 	r := quietStore(t, dir) // as after kill -9: the file as it is
 	defer r.Close()
-	live, done := r.startState()
+	live, done := r.StartState()
 	if fmt.Sprint(live) != fmt.Sprint(wantLive) {
 		t.Fatalf("in flight after restart:\n got %v\nwant %v", live, wantLive)
 	}
@@ -485,7 +502,7 @@ func TestSessionStoreMigrateFailing(t *testing.T) {
 	var failing atomic.Bool
 	var fails atomic.Int64
 	failing.Store(true)
-	s, err := openStoreWith(dir, slog.New(slog.DiscardHandler), func(f *os.File) logFile {
+	s, err := openWith(dir, slog.New(slog.DiscardHandler), func(f *os.File) logFile {
 		return faultyFile{File: f, failing: &failing, fails: &fails}
 	})
 	if err != nil {
@@ -504,11 +521,11 @@ func TestSessionStoreMigrateFailing(t *testing.T) {
 	s.mu.Lock()
 	s.retryAt = time.Time{}
 	s.mu.Unlock()
-	s.flushPending()
+	s.Flush()
 
 	r := quietStore(t, dir) // as after kill -9
 	defer r.Close()
-	if live, _ := r.startState(); fmt.Sprint(live) != "[10 14 15]" {
+	if live, _ := r.StartState(); fmt.Sprint(live) != "[10 14 15]" {
 		t.Fatalf("after the rewrite: live %v", live)
 	}
 }
@@ -533,18 +550,18 @@ func FuzzSessionStoreOpen(f *testing.F) {
 			t.Fatal(err)
 		}
 		s := quietStore(t, dir)
-		live, _ := s.startState()
+		live, _ := s.StartState()
 		s.Close()
 		r := quietStore(t, dir)
 		defer r.Close()
-		again, _ := r.startState()
+		again, _ := r.StartState()
 		if fmt.Sprint(again) != fmt.Sprint(live) || r.corruptRegions != 0 {
 			t.Fatalf("reopened: live %v, want %v; %d corrupt regions", again, live, r.corruptRegions)
 		}
 	})
 }
 
-// seqWriter is a test packet carrying a record seq, as recordPacket does.
+// seqWriter is a test packet carrying a record seq, as Record does.
 type seqWriter struct {
 	io.WriterTo
 	seq uint64
@@ -558,4 +575,162 @@ func withSeq(w io.WriterTo, seq uint64) io.WriterTo {
 		return w
 	}
 	return seqWriter{w, seq}
+}
+
+func TestSessionStoreReplay(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type pk struct{ bytes.Buffer }
+	put := func(id uint16, typ byte, seq uint64, data string) {
+		w := bytes.NewBufferString(data)
+		if err := s.Put(id, typ, withSeq(w, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(1, 3, 10, "publish-10")
+	put(2, 3, 11, "publish-11")
+	put(3, 3, 0, "state")
+	put(1, 6, 0, "pubrel-10") // keeps seq 10
+	s.Delete(2)               // delivered: mark 11
+	put(4, 3, 12, "publish-12")
+	s.FailNext(4)
+	s.Delete(4) // refused: no mark
+	s.MarkDone(13)
+	s.SetSession()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A torn tail is cut off.
+	f, _ := os.OpenFile(filepath.Join(dir, storeFile), os.O_WRONLY|os.O_APPEND, 0)
+	f.Write([]byte{9, 0, 0, 0, 1, 2})
+	f.Close()
+
+	s, err = Open(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	live, done := s.StartState()
+	if fmt.Sprint(live) != "[10]" || !done[11] || !done[13] || done[12] || !s.HasSession() {
+		t.Fatalf("live %v done %v session %v", live, done, s.HasSession())
+	}
+	ids, _ := s.List()
+	if fmt.Sprint(ids) != "[1 3]" {
+		t.Fatalf("List = %v", ids)
+	}
+	r, _ := s.Get(1)
+	var b bytes.Buffer
+	b.ReadFrom(r)
+	if b.String() != "pubrel-10" || s.SeqOf(1) != 10 {
+		t.Fatalf("Get(1) = %q seq %d", b.String(), s.SeqOf(1))
+	}
+	// Compaction keeps live packets and marks.
+	s.mu.Lock()
+	if err := s.compactLocked(); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Unlock()
+	s.Close()
+	s, err = Open(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	live, done = s.StartState()
+	if fmt.Sprint(live) != "[10]" || !done[11] || !done[13] || !s.HasSession() || s.LivePackets() != 2 {
+		t.Fatalf("after compaction: live %v done %v", live, done)
+	}
+	s.Reset()
+	if live, _ := s.StartState(); len(live) != 0 {
+		t.Fatalf("live after Reset: %v", live)
+	}
+}
+
+// TestSessionStoreReuseAndCompaction: buffers of deleted packets are
+// reused without touching live packets or a packet handed out by Get, and
+// the log compacts itself once it passes compactMin, keeping what is live.
+func TestSessionStoreReuseAndCompaction(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	body := func(seq uint64, n int) string {
+		return fmt.Sprintf("%08d", seq) + strings.Repeat(string(rune('a'+seq%26)), n)
+	}
+	get := func(id uint16) string {
+		t.Helper()
+		r, err := s.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		b.ReadFrom(r)
+		return b.String()
+	}
+	// A window of 20 packets in flight; each delivered one is replaced by
+	// the next, of varying sizes, until the log has passed compactMin
+	// several times.
+	const window = 20
+	live := map[uint16]uint64{}
+	var seq uint64
+	sizes := []int{7000, 50, 7300, 300}
+	compactions := 0
+	last := int64(0)
+	var held io.Reader
+	var heldWant string
+	for seq < uint64(4*compactMin/7000) {
+		seq++
+		id := uint16(seq%window) + 1
+		if old, ok := live[id]; ok {
+			if got := get(id); got != body(old, sizes[old%4]) {
+				t.Fatalf("seq %d: live packet %d reads %.20q…", seq, id, got)
+			}
+			if seq%97 == 0 {
+				held, _ = s.Get(id) // read after its buffer is reused
+				heldWant = body(old, sizes[old%4])
+			}
+			s.Delete(id)
+		}
+		w := bytes.NewBufferString(body(seq, sizes[seq%4]))
+		if err := s.Put(id, 3, withSeq(w, seq)); err != nil {
+			t.Fatal(err)
+		}
+		live[id] = seq
+		if s.size < last {
+			compactions++
+		}
+		last = s.size
+		if s.size > compactMin+64<<10 {
+			t.Fatalf("log is %d bytes, past compactMin %d", s.size, compactMin)
+		}
+	}
+	if compactions < 2 {
+		t.Fatalf("%d compactions", compactions)
+	}
+	if held != nil {
+		var b bytes.Buffer
+		b.ReadFrom(held)
+		if b.String() != heldWant {
+			t.Fatalf("a packet read after Delete changed: %.20q…", b.String())
+		}
+	}
+	s.Close()
+	s, err = Open(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inFlight, _ := s.StartState()
+	if len(inFlight) != window {
+		t.Fatalf("after reopen: %d live, want %d", len(inFlight), window)
+	}
+	for id, sq := range live {
+		if got := get(id); got != body(sq, sizes[sq%4]) || s.SeqOf(id) != sq {
+			t.Fatalf("after reopen: packet %d reads %.20q… seq %d", id, got, s.SeqOf(id))
+		}
+	}
 }

@@ -72,6 +72,7 @@ func cmdInit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		var err error
 		if browsed, err = browseTags(ctx, o); err != nil {
 			fmt.Fprintf(stderr, "ferry init: browse %s: %v\n", o.opcua, err)
+			fmt.Fprintln(stderr, "ferry init browses anonymously and without security; for a server that needs either, run ferry init without -opcua, set the endpoint, security and login in the file, and list the variables with: ferry browse -config ferry.toml cnc1")
 			return exitFailure
 		}
 	}

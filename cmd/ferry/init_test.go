@@ -73,6 +73,8 @@ func TestInitErrors(t *testing.T) {
 		{[]string{"init", "-opcua", "10.0.0.6:4840"}, exitUsage,
 			`ferry init: -opcua: "10.0.0.6:4840" has no scheme: write "opc.tcp://10.0.0.6:4840" (one of opc.tcp://)` + "\n"},
 		{[]string{"init", "extra"}, exitUsage, `unexpected argument "extra"`},
+		{[]string{"init", "-opcua", "opc.tcp://127.0.0.1:1", "-timeout", "2s"}, exitFailure,
+			"ferry init browses anonymously and without security; for a server that needs either, run ferry init without -opcua, set the endpoint, security and login in the file, and list the variables with: ferry browse -config ferry.toml cnc1\n"},
 	} {
 		code, _, stderr := run(t, tc.args...)
 		if code != tc.code || !strings.Contains(stderr, tc.want) {

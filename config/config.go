@@ -24,6 +24,8 @@ package config
 
 import (
 	"fmt"
+	"net"
+	"strings"
 	"time"
 )
 
@@ -100,6 +102,26 @@ type Buffer struct {
 // Metrics is the [metrics] section.
 type Metrics struct {
 	Listen string // empty disables the HTTP endpoint
+	// Credentials for the status page, /api/* and /debug/pprof, required
+	// when Listen is not loopback: basic auth (Username with Password,
+	// from password_file) or a bearer Token (from token_file).
+	Username, Password string
+	Token              string
+}
+
+// Loopback reports whether Listen accepts connections from this machine
+// only: a loopback IP or "localhost". An empty host (every interface), an
+// unspecified or other address, and any other name are not loopback.
+func (m Metrics) Loopback() bool {
+	host, _, err := net.SplitHostPort(m.Listen)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Modbus tables.

@@ -29,13 +29,7 @@ func (d *decoder) decode(root map[string]any) *Config {
 		d.buffer(t, &c.Buffer, set)
 	}
 	if t := top.sub("metrics"); t != nil {
-		t.str("listen", &c.Metrics.Listen)
-		if l := c.Metrics.Listen; l != "" && t.has("listen") {
-			if err := checkHostPort(l, false); err != nil {
-				t.errf("listen", "%v (use \"\" to disable)", err)
-			}
-		}
-		t.finish()
+		d.metrics(t, &c.Metrics)
 	}
 
 	devices := map[string]*table{} // device name -> the table of its first definition
@@ -63,6 +57,50 @@ func (d *decoder) decode(root map[string]any) *Config {
 
 	applyDerivedDefaults(&c, set)
 	return &c
+}
+
+func (d *decoder) metrics(t *table, m *Metrics) {
+	t.str("listen", &m.Listen)
+	listenOK := true
+	if l := m.Listen; l != "" && t.has("listen") {
+		if err := checkHostPort(l, false); err != nil {
+			t.errf("listen", "%v (use \"\" to disable)", err)
+			listenOK = false
+		}
+	}
+	t.nonEmpty("username", &m.Username)
+	passOK := t.secretFile("password_file", &m.Password)
+	tokenOK := t.secretFile("token_file", &m.Token)
+	switch {
+	case m.Username != "" && !t.has("password_file"):
+		t.errf("username", "needs password_file (the basic-auth password, in a file)")
+	case t.has("password_file") && !t.has("username"):
+		t.errf("password_file", "needs username")
+	case listenOK && m.Listen != "" && !m.Loopback() && !passOK && !tokenOK && !t.has("password_file") && !t.has("token_file"):
+		t.errf("listen", "%q is not a loopback address: the status page, /api/* and /debug/pprof would be open to the network; set username and password_file (basic auth) or token_file (bearer token), or listen on 127.0.0.1 and reach it through an SSH tunnel", m.Listen)
+	}
+	t.finish()
+}
+
+// secretFile reads a secret that is only given as a file (trailing line
+// breaks removed); an empty one is an error.
+func (t *table) secretFile(key string, dst *string) bool {
+	var name string
+	if !t.nonEmpty(key, &name) {
+		return false
+	}
+	data, err := readSecret(t.d.resolve(name))
+	if err != nil {
+		t.errf(key, "cannot read %q: %v", name, err)
+		return false
+	}
+	s := strings.TrimRight(string(data), "\r\n")
+	if s == "" {
+		t.errf(key, "%q is empty", name)
+		return false
+	}
+	*dst = s
+	return true
 }
 
 func (d *decoder) gateway(t *table, g *Gateway) {

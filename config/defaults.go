@@ -39,6 +39,8 @@ import "time"
 //	buffer.sync                          "batch"
 //	buffer.sync_interval                 "10ms"
 //	metrics.listen                       "127.0.0.1:9108" ("" disables)
+//	metrics.username, password_file      "" (required with each other; basic auth for /, /api/*, /debug/pprof)
+//	metrics.token_file                   "" (bearer token for the same; one of the two is required off loopback)
 //	include                              [] (main file only; see template.go)
 //	template.name, tag                   (required)
 //	template.vars                        [] (no placeholders)

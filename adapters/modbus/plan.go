@@ -96,38 +96,16 @@ func Compile(dev config.ModbusDevice) (*Plan, error) {
 
 	p := &Plan{device: dev.Name, unit: dev.Unit}
 	byInterval := map[time.Duration]*class{}
-	type item struct {
-		cls *class
-		tag boundTag
-		tab string
-	}
-	var items []item
+	var items []planItem
 	seen := map[string]bool{}
 	for _, t := range dev.Tags {
 		if seen[t.Name] {
 			return nil, fmt.Errorf("modbus[%s].tag[%s]: duplicate tag name", dev.Name, t.Name)
 		}
 		seen[t.Name] = true
-		dec, err := NewDecoder(t)
+		dec, iv, err := compileTag(dev, t, regLimit)
 		if err != nil {
-			return nil, fmt.Errorf("modbus[%s].tag[%s]: %w", dev.Name, t.Name, err)
-		}
-		limit := regLimit
-		if t.Table == config.TableCoil || t.Table == config.TableDiscrete {
-			limit = maxBits
-		}
-		if dec.Size() > limit {
-			return nil, fmt.Errorf("modbus[%s].tag[%s]: %d registers exceed the %d of one request", dev.Name, t.Name, dec.Size(), limit)
-		}
-		if int(t.Address)+dec.Size() > 1<<16 {
-			return nil, fmt.Errorf("modbus[%s].tag[%s]: address %d + %d runs past 65535", dev.Name, t.Name, t.Address, dec.Size())
-		}
-		iv := t.Interval
-		if iv <= 0 {
-			iv = dev.Interval
-		}
-		if iv <= 0 {
-			return nil, fmt.Errorf("modbus[%s].tag[%s]: no interval", dev.Name, t.Name)
+			return nil, err
 		}
 		c := byInterval[iv]
 		if c == nil {
@@ -139,7 +117,7 @@ func Compile(dev config.ModbusDevice) (*Plan, error) {
 		if t.Type == "bool" && t.Table != config.TableCoil && t.Table != config.TableDiscrete {
 			bit = t.Bit
 		}
-		items = append(items, item{cls: c, tab: t.Table, tag: boundTag{
+		items = append(items, planItem{cls: c, tab: t.Table, tag: boundTag{
 			name: t.Name, slot: len(c.names), offset: int(t.Address), bit: bit, dec: dec,
 		}})
 		c.names = append(c.names, t.Name)
@@ -155,7 +133,47 @@ func Compile(dev config.ModbusDevice) (*Plan, error) {
 		}
 		c.rbe = slices.Clip(c.rbe)
 	}
+	p.addRequests(items, maxGap, regLimit, dev.OneRequestPerTag)
+	return p, nil
+}
 
+// planItem is a tag of a plan before its requests are made.
+type planItem struct {
+	cls *class
+	tag boundTag
+	tab string
+}
+
+// compileTag checks tag t of dev: its decoder, its size in one request
+// (of at most regLimit registers), its address range and its interval.
+func compileTag(dev config.ModbusDevice, t config.ModbusTag, regLimit int) (Decoder, time.Duration, error) {
+	dec, err := NewDecoder(t)
+	if err != nil {
+		return Decoder{}, 0, fmt.Errorf("modbus[%s].tag[%s]: %w", dev.Name, t.Name, err)
+	}
+	limit := regLimit
+	if t.Table == config.TableCoil || t.Table == config.TableDiscrete {
+		limit = maxBits
+	}
+	if dec.Size() > limit {
+		return Decoder{}, 0, fmt.Errorf("modbus[%s].tag[%s]: %d registers exceed the %d of one request", dev.Name, t.Name, dec.Size(), limit)
+	}
+	if int(t.Address)+dec.Size() > 1<<16 {
+		return Decoder{}, 0, fmt.Errorf("modbus[%s].tag[%s]: address %d + %d runs past 65535", dev.Name, t.Name, t.Address, dec.Size())
+	}
+	iv := t.Interval
+	if iv <= 0 {
+		iv = dev.Interval
+	}
+	if iv <= 0 {
+		return Decoder{}, 0, fmt.Errorf("modbus[%s].tag[%s]: no interval", dev.Name, t.Name)
+	}
+	return dec, iv, nil
+}
+
+// addRequests coalesces the items of each scan class and table into
+// requests (see Compile).
+func (p *Plan) addRequests(items []planItem, maxGap, regLimit int, onePerTag bool) {
 	for _, c := range p.classes {
 		for _, table := range []string{config.TableCoil, config.TableDiscrete, config.TableHolding, config.TableInput} {
 			var spans []span
@@ -173,7 +191,7 @@ func Compile(dev config.ModbusDevice) (*Plan, error) {
 			if table == config.TableCoil || table == config.TableDiscrete {
 				gap, limit = maxGap*16, maxBits
 			}
-			for _, g := range coalesce(spans, gap, limit, dev.OneRequestPerTag) {
+			for _, g := range coalesce(spans, gap, limit, onePerTag) {
 				r := &request{table: table, start: uint16(g.start), count: uint16(g.end - g.start)}
 				for _, s := range g.spans {
 					bt := tags[s.idx]
@@ -185,7 +203,6 @@ func Compile(dev config.ModbusDevice) (*Plan, error) {
 			}
 		}
 	}
-	return p, nil
 }
 
 // span is one tag's address range, [start, start+size).

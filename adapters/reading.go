@@ -1,7 +1,3 @@
-// Package adapters holds what every device adapter shares: the Reading a
-// poll or subscription produces, its Value and its Quality. Adapters live in
-// the sub-packages (modbus, opcua); they import this package and nothing
-// else of ferry except config.
 package adapters
 
 import (

@@ -1,21 +1,51 @@
 package adapters
 
 import (
+	"context"
 	"fmt"
 	"math"
 )
 
-// Write result codes (CONTRACT.md, Commands) an adapter's write can fail
-// with; the gateway answers every other failure as device_error.
+// Command result codes (CONTRACT.md, Commands): the one place they are
+// defined. An adapter's write fails with CodeBadValue, CodeOutOfRange,
+// CodeDeviceError or CodeTimeout; the gateway answers the others itself.
 const (
+	CodeUnknownTag  = "unknown_tag"
+	CodeNotWritable = "not_writable"
 	CodeBadValue    = "bad_value"
 	CodeOutOfRange  = "out_of_range"
+	CodeExpired     = "expired"
+	CodeRateLimited = "rate_limited"
 	CodeDeviceError = "device_error"
 	CodeTimeout     = "timeout"
 )
 
+// ResultCodes lists every result code, "ok" (a success) first.
+var ResultCodes = []string{"ok", CodeUnknownTag, CodeNotWritable, CodeBadValue, CodeOutOfRange,
+	CodeExpired, CodeRateLimited, CodeDeviceError, CodeTimeout}
+
+// Writer is what an adapter implements for its devices to take commands
+// (see the package doc): *modbus.Poller and *opcua.Client.
+type Writer interface {
+	// CompileWrite compiles the writes of tag once: it refuses (a
+	// *WriteError, bad_value) a tag the device does not have or that is
+	// not writable, and one whose config cannot be written.
+	CompileWrite(tag string) (TagWrite, error)
+}
+
+// TagWrite is one writable tag, compiled once by Writer.CompileWrite.
+type TagWrite interface {
+	// Check validates v for the tag without any I/O: its kind and range
+	// for the tag's type, and the tag's min and max, exactly. It returns
+	// what Write takes, opaque to the caller.
+	Check(v Value) (any, error)
+	// Write writes what Check returned (and reads it back with verify);
+	// it returns the value the device holds.
+	Write(ctx context.Context, raw any, verify bool) (Value, error)
+}
+
 // WriteError is why a write to a device failed; Code is one of the Code
-// constants.
+// constants. Find it with errors.As.
 type WriteError struct {
 	Code string
 	Err  error
@@ -23,9 +53,6 @@ type WriteError struct {
 
 func (e *WriteError) Error() string { return e.Err.Error() }
 func (e *WriteError) Unwrap() error { return e.Err }
-
-// WriteCode is the result code of the contract.
-func (e *WriteError) WriteCode() string { return e.Code }
 
 // BadValue is a WriteError with CodeBadValue: the value cannot be written
 // to the tag as it is (type, range, size).

@@ -2,56 +2,58 @@ package gateway
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/ferry-gateway/ferry/adapters"
 	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/gateway/mqtt"
-	"github.com/ferry-gateway/ferry/gateway/record"
 )
 
-// Command result codes (CONTRACT.md, Commands).
+// Command result codes (CONTRACT.md, Commands), defined once in adapters.
 const (
-	CodeUnknownTag  = "unknown_tag"
-	CodeNotWritable = "not_writable"
-	CodeBadValue    = "bad_value"
-	CodeOutOfRange  = "out_of_range"
-	CodeExpired     = "expired"
-	CodeRateLimited = "rate_limited"
-	CodeDeviceError = "device_error"
-	CodeTimeout     = "timeout"
+	CodeUnknownTag  = adapters.CodeUnknownTag
+	CodeNotWritable = adapters.CodeNotWritable
+	CodeBadValue    = adapters.CodeBadValue
+	CodeOutOfRange  = adapters.CodeOutOfRange
+	CodeExpired     = adapters.CodeExpired
+	CodeRateLimited = adapters.CodeRateLimited
+	CodeDeviceError = adapters.CodeDeviceError
+	CodeTimeout     = adapters.CodeTimeout
 )
 
 // ResultCodes lists every result code; "ok" is counted for successes.
-var ResultCodes = []string{"ok", CodeUnknownTag, CodeNotWritable, CodeBadValue, CodeOutOfRange,
-	CodeExpired, CodeRateLimited, CodeDeviceError, CodeTimeout}
+var ResultCodes = adapters.ResultCodes
 
-// TagWriter writes tags of one device: *modbus.Poller and *opcua.Client.
-type TagWriter interface {
-	// CheckWrite validates a write of v to tag without any I/O.
-	CheckWrite(tag string, v adapters.Value) error
-	// WriteTag writes v to tag (and reads it back with verify); it returns
-	// the value the device holds. An error may carry its result code
-	// through a WriteCode() string method (bad_value, device_error,
-	// timeout); other errors are device_error.
-	WriteTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error)
+// TagWriter is a device adapter that takes commands (adapters.Writer):
+// *modbus.Poller and *opcua.Client. The router compiles each writable tag
+// once through it, when the config is loaded or a reload changes the
+// device.
+type TagWriter = adapters.Writer
+
+// commandSubscriber subscribes the router to the command topics:
+// *mqtt.Publisher. h runs on the MQTT reader and must not block long.
+type commandSubscriber interface {
+	Subscribe(filter string, qos byte, h func(mqtt.Message)) error
 }
 
-// commandTransport is the MQTT side of commands: *mqtt.Publisher.
-type commandTransport interface {
-	Subscribe(filter string, qos byte, h func(mqtt.Message)) error
+// commandResponder publishes the answers: *mqtt.Publisher.
+type commandResponder interface {
 	Respond(ctx context.Context, topic string, payload, correlation []byte) error
 	// ClearRetained deletes the retained message on topic at the broker.
 	ClearRetained(ctx context.Context, topic string) error
+}
+
+// commandTransport is the MQTT side of commands, *mqtt.Publisher: the
+// router subscribes and answers through it directly (attach).
+type commandTransport interface {
+	commandSubscriber
+	commandResponder
 }
 
 // Defaults of the router.
@@ -63,21 +65,16 @@ const (
 	resultGrace         = 2 * time.Second  // Close: how long queued results may still be published
 )
 
-// cmdTag is a configured tag as commands see it.
+// cmdTag is a writable tag as commands see it, compiled once: the
+// adapter's TagWrite (type, encoding, limits), verify and the rate limit.
 type cmdTag struct {
 	device, name string
-	writable     bool
-	min, max     *float64
+	w            adapters.TagWrite // nil when the adapter refused the tag: werr
+	werr         error
 	verify       bool
 	minInterval  time.Duration
 	dev          *cmdDevice
 }
-
-// readOnlyTag stands for every configured tag without writable = true: a
-// command to it is answered not_writable. Read-only tags are only kept as
-// names (cmdTables.readOnly), so a gateway with thousands of them keeps
-// no per-tag command state.
-var readOnlyTag = &cmdTag{}
 
 // cmdDevice serializes the commands of one device: one queue and one
 // worker per device, for as long as the device keeps its writer. A reload
@@ -108,35 +105,10 @@ type command struct {
 	who         []any // log attributes: user properties, response topic
 	t           *cmdTag
 	value       adapters.Value
+	raw         any                // what t.w.Check returned, for t.w.Write
 	slot        bool               // holds a result slot (MQTT commands)
 	clear       string             // retained command: topic whose retained message is deleted
 	done        chan commandResult // Execute only; nil for MQTT commands
-}
-
-// commandResult is the answer to one command.
-type commandResult struct {
-	OK      bool
-	Code    string // "" when OK
-	Message string
-	Value   adapters.Value
-	TS      time.Time
-}
-
-// JSON is the result payload of the contract.
-func (r commandResult) JSON() []byte {
-	b := make([]byte, 0, 96)
-	if r.OK {
-		b = append(b, `{"ok":true,"value":`...)
-		b = r.Value.AppendJSON(b)
-	} else {
-		b = append(b, `{"ok":false,"error":`...)
-		b = adapters.AppendJSONString(b, r.Code)
-		b = append(b, `,"message":`...)
-		b = adapters.AppendJSONString(b, r.Message)
-	}
-	b = append(b, `,"ts":"`...)
-	b = record.AppendTime(b, r.TS)
-	return append(b, `"}`...)
 }
 
 // CommandStats are the router's counters.
@@ -188,7 +160,8 @@ type cmdTables struct {
 // routed to a router that is gone.
 type commandRouter struct {
 	writeTimeout time.Duration
-	mq           commandTransport
+	mqtt         bool                             // answers go out over MQTT (not Execute only)
+	mq           atomic.Pointer[commandTransport] // the publisher in force; swapped by attach
 	log          *slog.Logger
 	now          func() time.Time
 	tab          atomic.Pointer[cmdTables]
@@ -216,14 +189,15 @@ type commandRouter struct {
 
 // newCommandRouter builds the router for every tag of cfg. writers holds
 // the TagWriter of each device by name; a device without one answers
-// device_error. mq may be nil when only Execute is used (ferry write).
+// device_error. mq is the publisher the router subscribes and answers
+// through (attach swaps it); nil when only Execute is used (ferry write).
 func newCommandRouter(cfg *config.Config, mq commandTransport, writers map[string]TagWriter, logger *slog.Logger) *commandRouter {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	r := &commandRouter{
 		writeTimeout: defaultWriteTimeout,
-		mq:           mq,
+		mqtt:         mq != nil,
 		log:          logger.With("component", "commands"),
 		now:          time.Now,
 		results:      make(chan resultMsg, resultQueueLen),
@@ -231,15 +205,20 @@ func newCommandRouter(cfg *config.Config, mq commandTransport, writers map[strin
 		res:          map[string]uint64{},
 		byTag:        map[CommandKey]uint64{},
 	}
+	if mq != nil {
+		r.mq.Store(&mq)
+	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	tab, _ := buildTables(cfg, writers, nil)
 	r.tab.Store(tab)
 	return r
 }
 
-// buildTables builds the tables of cfg. A device of old whose writer is
-// the same keeps its cmdDevice (queue, worker, last writes); the others
-// of old are returned as retired.
+// buildTables builds the tables of cfg, compiling each writable tag once
+// through its device's TagWriter. A device of old whose writer is the
+// same keeps its cmdDevice (queue, worker, last writes) and its compiled
+// tags (its config is the same: a changed device gets a new writer); the
+// others of old are returned as retired.
 func buildTables(cfg *config.Config, writers map[string]TagWriter, old *cmdTables) (*cmdTables, []*cmdDevice) {
 	tab := &cmdTables{
 		prefix:       cfg.MQTT.TopicPrefix,
@@ -250,41 +229,19 @@ func buildTables(cfg *config.Config, writers map[string]TagWriter, old *cmdTable
 		tags:         map[string]map[string]*cmdTag{},
 		readOnly:     map[string][]string{},
 	}
-	add := func(dev, name string, writable bool, lo, hi *float64, verify bool, iv time.Duration) {
-		d := tab.devices[dev]
-		if d == nil {
-			w := writers[dev]
-			if old != nil {
-				if od := old.devices[dev]; od != nil && w != nil && od.writer == w {
-					d = od
-				}
-			}
-			if d == nil {
-				d = &cmdDevice{name: dev, writer: w, queue: make(chan *command, deviceQueueLen),
-					done: make(chan struct{}), lastWrite: map[string]time.Time{}}
-			}
-			tab.devices[dev] = d
-			tab.tags[dev] = map[string]*cmdTag{}
-		}
-		if !writable {
-			tab.readOnly[dev] = append(tab.readOnly[dev], name) // known, never written: no state
-			return
-		}
-		tab.tags[dev][name] = &cmdTag{device: dev, name: name, writable: true, min: lo, max: hi, verify: verify, minInterval: iv, dev: d}
-	}
 	for _, d := range cfg.Modbus {
-		for _, t := range d.Tags {
-			add(d.Name, t.Name, t.Writable, t.Min, t.Max, t.Verify, t.MinWriteInterval)
-		}
+		tab.addDevice(d.Name, writers[d.Name], old, func(add func(name string, writable, verify bool, iv time.Duration)) {
+			for _, t := range d.Tags {
+				add(t.Name, t.Writable, t.Verify, t.MinWriteInterval)
+			}
+		})
 	}
 	for _, d := range cfg.OPCUA {
-		for _, t := range d.Tags {
-			add(d.Name, t.Name, t.Writable, t.Min, t.Max, t.Verify, t.MinWriteInterval)
-		}
-	}
-	for dev, names := range tab.readOnly {
-		slices.Sort(names)
-		tab.readOnly[dev] = slices.Clip(names)
+		tab.addDevice(d.Name, writers[d.Name], old, func(add func(name string, writable, verify bool, iv time.Duration)) {
+			for _, t := range d.Tags {
+				add(t.Name, t.Writable, t.Verify, t.MinWriteInterval)
+			}
+		})
 	}
 	var retired []*cmdDevice
 	if old != nil {
@@ -295,6 +252,34 @@ func buildTables(cfg *config.Config, writers map[string]TagWriter, old *cmdTable
 		}
 	}
 	return tab, retired
+}
+
+// addDevice adds device name, written through w, with the tags that each
+// lists; a device kept from old keeps its tables.
+func (tab *cmdTables) addDevice(name string, w TagWriter, old *cmdTables, each func(add func(tag string, writable, verify bool, iv time.Duration))) {
+	if old != nil {
+		if od := old.devices[name]; od != nil && w != nil && od.writer == w {
+			tab.devices[name], tab.tags[name], tab.readOnly[name] = od, old.tags[name], old.readOnly[name]
+			return
+		}
+	}
+	d := &cmdDevice{name: name, writer: w, queue: make(chan *command, deviceQueueLen),
+		done: make(chan struct{}), lastWrite: map[string]time.Time{}}
+	tags := map[string]*cmdTag{}
+	var readOnly []string
+	each(func(tag string, writable, verify bool, iv time.Duration) {
+		if !writable {
+			readOnly = append(readOnly, tag) // known, never written: no state
+			return
+		}
+		t := &cmdTag{device: name, name: tag, verify: verify, minInterval: iv, dev: d}
+		if w != nil {
+			t.w, t.werr = w.CompileWrite(tag)
+		}
+		tags[tag] = t
+	})
+	slices.Sort(readOnly)
+	tab.devices[name], tab.tags[name], tab.readOnly[name] = d, tags, slices.Clip(readOnly)
 }
 
 // writable is the number of writable tags.
@@ -321,26 +306,50 @@ func (r *commandRouter) Start() error {
 	r.started = true
 	r.mu.Unlock()
 	r.startWorkers()
-	if r.mq == nil {
+	if !r.mqtt {
 		return nil
 	}
 	r.resWG.Go(r.publishResults)
-	return r.subscribe()
+	return r.subscribe(*r.mq.Load(), false)
 }
 
-// subscribe subscribes to the filter of the tables in force when it is
-// not the subscribed one.
-func (r *commandRouter) subscribe() error {
+// attach makes mq the publisher the router subscribes and answers
+// through: the gateway calls it when a publisher replaces the one in
+// force, before the new one connects, so the commands the broker kept for
+// ferry's session reach the router. Answers queued meanwhile go out
+// through mq.
+func (r *commandRouter) attach(mq commandTransport) error {
+	r.mq.Store(&mq)
+	r.mu.Lock()
+	started := r.started && r.mqtt
+	r.mu.Unlock()
+	if !started {
+		return nil
+	}
+	return r.subscribe(mq, true)
+}
+
+// transport is the publisher in force.
+func (r *commandRouter) transport() commandTransport {
+	if p := r.mq.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// subscribe subscribes mq to the filter of the tables in force when it
+// is not the subscribed one (always with force: a new publisher).
+func (r *commandRouter) subscribe(mq commandTransport, force bool) error {
 	tab := r.tab.Load()
 	filter := tab.prefix + "/+/+/set"
 	r.mu.Lock()
 	same := r.filter == filter
 	r.filter = filter
 	r.mu.Unlock()
-	if same {
+	if same && !force {
 		return nil
 	}
-	if err := r.mq.Subscribe(filter, 2, r.handle); err != nil {
+	if err := mq.Subscribe(filter, 2, r.handle); err != nil {
 		return fmt.Errorf("commands: subscribe %s: %w", filter, err)
 	}
 	r.log.Info("accepting commands", "topic", filter, "writable_tags", r.writable())
@@ -398,8 +407,8 @@ func (r *commandRouter) update(cfg *config.Config, writers map[string]TagWriter)
 	for _, ch := range wait {
 		<-ch
 	}
-	if started && r.mq != nil {
-		return r.subscribe()
+	if started && r.mqtt {
+		return r.subscribe(r.transport(), false)
 	}
 	return nil
 }
@@ -453,419 +462,4 @@ func (r *commandRouter) Stats() CommandStats {
 		s.ByTag[k] = v
 	}
 	return s
-}
-
-// handle takes a message delivered on P/+/+/set. It runs on the MQTT
-// reader goroutine, so it only checks (no I/O) and queues. It may wait
-// for room in the result queue when answers back up (the broker then
-// holds further commands: MQTT flow control), at most resultSlotWait.
-func (r *commandRouter) handle(m mqtt.Message) {
-	c := &command{payload: m.Payload, received: m.Received, correlation: m.CorrelationData, queued: m.Queued}
-	if c.received.IsZero() {
-		c.received = r.now()
-	}
-	if m.MessageExpiry != nil {
-		c.deadline = c.received.Add(time.Duration(*m.MessageExpiry) * time.Second)
-	}
-	prefix := r.tab.Load().prefix
-	rest, _ := strings.CutPrefix(m.Topic, prefix+"/")
-	rest, _ = strings.CutSuffix(rest, "/set")
-	c.device, c.tag, _ = strings.Cut(rest, "/")
-	c.resultTopic = m.Topic + "/result"
-	for _, u := range m.User {
-		c.who = append(c.who, "user."+u.Key, u.Value)
-	}
-	if m.ResponseTopic != "" {
-		c.who = append(c.who, "response_topic", m.ResponseTopic)
-	}
-	if m.CorrelationData != nil {
-		c.who = append(c.who, "correlation", hex.EncodeToString(m.CorrelationData[:min(len(m.CorrelationData), 64)]))
-	}
-	if m.Queued {
-		c.who = append(c.who, "queued", true)
-	}
-	var refuse *commandResult
-	if m.ResponseTopic != "" {
-		if err := validTopicName(m.ResponseTopic); err != nil {
-			res := fail(CodeBadValue, "response topic: %v", err)
-			refuse = &res
-		} else {
-			c.resultTopic = m.ResponseTopic
-		}
-	}
-	if m.Retain {
-		// Retain As Published is set on the subscription, so the flag is
-		// the sender's. A retained command would act again on every
-		// subscriber that comes later: refuse it and delete it.
-		res := fail(CodeExpired, "retained command refused: a retained command is never carried out (it would be delivered again to every later subscriber); publish commands with retain=false")
-		refuse = &res
-		if len(m.Payload) > 0 {
-			c.clear = m.Topic
-		}
-		r.mu.Lock()
-		r.retained++
-		r.mu.Unlock()
-		r.log.Warn("retained command refused; deleting it from the broker", append([]any{"topic", m.Topic}, c.who...)...)
-	}
-	if r.mq != nil {
-		if c.slot = r.trySlot(); !c.slot {
-			if !r.waitSlot() {
-				r.drop(c, "result queue full")
-				return
-			}
-			c.slot = true
-			if refuse == nil {
-				res := fail(CodeRateLimited, "%d command results are waiting to be published; command not carried out", resultQueueLen)
-				refuse = &res
-			}
-		}
-	}
-	if refuse != nil {
-		r.finish(c, *refuse)
-		return
-	}
-	r.submit(c)
-}
-
-// trySlot takes a result slot if one is free.
-func (r *commandRouter) trySlot() bool {
-	select {
-	case r.slots <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
-
-// waitSlot waits up to resultSlotWait for a result slot.
-func (r *commandRouter) waitSlot() bool {
-	t := time.NewTimer(resultSlotWait)
-	defer t.Stop()
-	select {
-	case r.slots <- struct{}{}:
-		return true
-	case <-t.C:
-	case <-r.ctx.Done():
-	}
-	return false
-}
-
-// drop counts and logs a command whose answer cannot be queued. It is
-// never carried out.
-func (r *commandRouter) drop(c *command, why string) {
-	r.mu.Lock()
-	r.dropped++
-	r.mu.Unlock()
-	r.log.Error("command not carried out and not answered: "+why, append([]any{"device", c.device, "tag", c.tag}, c.who...)...)
-}
-
-// validTopicName reports whether s may be published to.
-func validTopicName(s string) error {
-	switch {
-	case s == "":
-		return errors.New("empty")
-	case len(s) > 65535:
-		return errors.New("too long")
-	case !utf8.ValidString(s):
-		return errors.New("not valid UTF-8")
-	case strings.ContainsAny(s, "+#\x00"):
-		return errors.New("wildcards and NUL are not allowed")
-	}
-	return nil
-}
-
-// Execute runs one command synchronously through the same validation and
-// writer as MQTT commands (ferry write). Start must have been called.
-func (r *commandRouter) Execute(ctx context.Context, device, tag string, payload []byte) commandResult {
-	c := &command{device: device, tag: tag, payload: payload, received: r.now(), done: make(chan commandResult, 1),
-		who: []any{"source", "cli"}}
-	r.submit(c)
-	select {
-	case res := <-c.done:
-		return res
-	case <-ctx.Done():
-		return fail(CodeTimeout, "%v", ctx.Err())
-	}
-}
-
-// submit validates c (no I/O) and queues it for its device, or answers
-// it at once. A command validated against tables that a reload replaced
-// meanwhile is validated again against the new ones.
-func (r *commandRouter) submit(c *command) {
-	for attempt := 1; ; attempt++ {
-		res, ok := r.validate(c)
-		if !ok {
-			r.finish(c, res)
-			return
-		}
-		r.mu.Lock()
-		switch {
-		case r.closed:
-			r.finishLocked(c, fail(CodeDeviceError, "gateway shutting down"))
-		case c.t.dev.retired != "" && attempt < 3:
-			r.mu.Unlock()
-			continue
-		case c.t.dev.retired != "":
-			r.finishLocked(c, fail(CodeDeviceError, "device %s is being reconfigured by a reload; command not carried out", c.device))
-		default:
-			select {
-			case c.t.dev.queue <- c:
-			default:
-				r.finishLocked(c, fail(CodeRateLimited, "%d commands already waiting for device %s", deviceQueueLen, c.device))
-			}
-		}
-		r.mu.Unlock()
-		return
-	}
-}
-
-func fail(code, format string, args ...any) commandResult {
-	return commandResult{Code: code, Message: fmt.Sprintf(format, args...)}
-}
-
-// validate runs every check that needs no device I/O, in the order of the
-// contract: the tag, the payload, expiry, the value against the tag.
-func (r *commandRouter) validate(c *command) (commandResult, bool) {
-	tab := r.tab.Load()
-	t := tab.tags[c.device][c.tag]
-	if t == nil {
-		if _, ok := slices.BinarySearch(tab.readOnly[c.device], c.tag); ok {
-			t = readOnlyTag
-		}
-	}
-	if t == nil {
-		return fail(CodeUnknownTag, "no tag %q on device %q", c.tag, c.device), false
-	}
-	c.t = t
-	if !t.writable {
-		return fail(CodeNotWritable, "tag %s/%s is not writable", c.device, c.tag), false
-	}
-	p, err := decodeCommand(c.payload)
-	if err != nil {
-		return fail(CodeBadValue, "%v", err), false
-	}
-	c.value = p.value
-	if !p.ts.IsZero() && !slices.Contains(c.who, any("command_ts")) {
-		c.who = append(c.who, "command_ts", p.ts)
-	}
-	if res, expired := r.expired(c, p.ts, tab); expired {
-		return res, false
-	}
-	v := p.value
-	switch v.Kind() {
-	case adapters.IntKind, adapters.UintKind, adapters.FloatKind:
-		f := v.Float()
-		if t.min != nil && f < *t.min {
-			return fail(CodeOutOfRange, "%s is below the minimum %g", v, *t.min), false
-		}
-		if t.max != nil && f > *t.max {
-			return fail(CodeOutOfRange, "%s is above the maximum %g", v, *t.max), false
-		}
-		// Exact comparison at the bounds for integers beyond 2^53.
-		if t.max != nil && v.Kind() == adapters.UintKind && f == *t.max && v.Uint() > uint64(f) && f < 1<<64 {
-			return fail(CodeOutOfRange, "%s is above the maximum %g", v, *t.max), false
-		}
-	}
-	if t.dev.writer == nil {
-		return fail(CodeDeviceError, "device %s has no writer in this process", c.device), false
-	}
-	if err := t.dev.writer.CheckWrite(c.tag, v); err != nil {
-		return fail(codeOf(err, CodeBadValue), "%v", err), false
-	}
-	return commandResult{}, true
-}
-
-// expired checks the MQTT 5 Message Expiry, and the command's ts against
-// command_max_skew and command_max_age. A command without either that the
-// broker held in ferry's session before this connection has no known age:
-// it is refused unless command_accept_queued. tab is nil when the command
-// is checked again at its turn (expiry only).
-func (r *commandRouter) expired(c *command, ts time.Time, tab *cmdTables) (commandResult, bool) {
-	now := r.now()
-	if !c.deadline.IsZero() && !now.Before(c.deadline) {
-		return fail(CodeExpired, "message expiry passed %v ago", now.Sub(c.deadline).Round(time.Millisecond)), true
-	}
-	if tab == nil {
-		return commandResult{}, false
-	}
-	if tab.maxSkew > 0 && !ts.IsZero() && ts.Sub(now) > tab.maxSkew {
-		return fail(CodeExpired, "command ts %s is %v in the future (command_max_skew %v): the sender's clock or ts is wrong, so the command's age is unknown",
-			ts.UTC().Format(time.RFC3339Nano), ts.Sub(now).Round(time.Millisecond), tab.maxSkew), true
-	}
-	if tab.maxAge > 0 && !ts.IsZero() && now.Sub(ts) > tab.maxAge {
-		return fail(CodeExpired, "command of %s is %v old (command_max_age %v)", ts.UTC().Format(time.RFC3339Nano), now.Sub(ts).Round(time.Millisecond), tab.maxAge), true
-	}
-	if c.queued && ts.IsZero() && c.deadline.IsZero() && !tab.acceptQueued {
-		r.mu.Lock()
-		r.queuedN++
-		r.mu.Unlock()
-		return fail(CodeExpired, "the broker held this command for ferry while ferry was not connected, and it carries neither a ts nor a Message Expiry, so its age is unknown (command_accept_queued = false)"), true
-	}
-	return commandResult{}, false
-}
-
-// codeOf is the result code an error carries, else def.
-func codeOf(err error, def string) string {
-	var ce interface{ WriteCode() string }
-	if errors.As(err, &ce) {
-		switch code := ce.WriteCode(); code {
-		case CodeBadValue, CodeDeviceError, CodeTimeout, CodeOutOfRange:
-			return code
-		}
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return CodeTimeout
-	}
-	return def
-}
-
-// worker carries out the commands of one device, in order, until its
-// queue is closed (Close, or update retiring the device).
-func (r *commandRouter) worker(d *cmdDevice) {
-	defer close(d.done)
-	for c := range d.queue {
-		r.mu.Lock()
-		closed, retired := r.closed, d.retired
-		r.mu.Unlock()
-		switch {
-		case retired != "" && c.done == nil:
-			r.finish(c, fail(CodeDeviceError, "device %s was %s by a reload before the command's turn; not carried out", d.name, retired))
-		case closed && c.done == nil:
-			r.finish(c, fail(CodeDeviceError, "gateway shutting down; not carried out"))
-		default:
-			r.finish(c, r.execute(c))
-		}
-	}
-}
-
-// execute writes one validated command: expiry and the rate limit are
-// checked again now that it is its turn.
-func (r *commandRouter) execute(c *command) commandResult {
-	if res, expired := r.expired(c, time.Time{}, nil); expired {
-		return res
-	}
-	t := c.t
-	now := r.now()
-	last := t.dev.lastWrite[t.name]
-	if t.minInterval > 0 && !last.IsZero() && now.Sub(last) < t.minInterval {
-		return fail(CodeRateLimited, "last write %v ago; min_write_interval is %v", now.Sub(last).Round(time.Millisecond), t.minInterval)
-	}
-	t.dev.lastWrite[t.name] = now
-	ctx, cancel := context.WithTimeout(r.ctx, r.writeTimeout)
-	defer cancel()
-	v, err := t.dev.writer.WriteTag(ctx, t.name, c.value, t.verify)
-	if err != nil {
-		return fail(codeOf(err, CodeDeviceError), "%v", err)
-	}
-	return commandResult{OK: true, Value: v}
-}
-
-// finish logs, counts and answers c.
-func (r *commandRouter) finish(c *command, res commandResult) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.finishLocked(c, res)
-}
-
-func (r *commandRouter) finishLocked(c *command, res commandResult) {
-	res.TS = r.now()
-	code := res.Code
-	if res.OK {
-		code = "ok"
-	}
-	r.res[code]++
-	k := CommandKey{Device: c.device, Tag: c.tag, Result: code}
-	if code == CodeUnknownTag {
-		k.Device, k.Tag = "", "" // topic levels chosen by the sender: bounded cardinality
-	}
-	r.byTag[k]++
-	payload := c.payload
-	if len(payload) > 256 {
-		payload = payload[:256]
-	}
-	attrs := []any{"device", c.device, "tag", c.tag, "payload", string(payload), "result", code,
-		"latency", r.now().Sub(c.received).Round(time.Microsecond)}
-	if res.OK {
-		attrs = append(attrs, "value", res.Value.String())
-	} else {
-		attrs = append(attrs, "message", res.Message)
-	}
-	attrs = append(attrs, c.who...)
-	r.log.Info("command", attrs...)
-	if c.done != nil {
-		c.done <- res
-		return
-	}
-	if r.mq == nil {
-		return
-	}
-	msg := resultMsg{topic: c.resultTopic, payload: res.JSON(), correlation: c.correlation, clear: c.clear}
-	switch {
-	case !c.slot:
-		// Not reachable: every MQTT command takes a slot in handle.
-		r.dropped++
-		r.log.Error("command result dropped: no result slot", "topic", msg.topic)
-	case r.resultsClosed:
-		<-r.slots
-		r.failed++
-		r.log.Error("command result not published: gateway shut down", "topic", msg.topic)
-	default:
-		r.results <- msg // never blocks: the slot held guarantees room
-	}
-	c.slot = false
-}
-
-// publishResults publishes the results in order.
-// A retained command's retained message is deleted before its answer
-// goes out. Each published result frees its slot.
-func (r *commandRouter) publishResults() {
-	for m := range r.results {
-		if m.clear != "" {
-			if err := r.mq.ClearRetained(r.ctx, m.clear); err != nil {
-				r.mu.Lock()
-				r.clearFailed++
-				r.mu.Unlock()
-				r.log.Error("retained command not deleted from the broker", "topic", m.clear, "err", err)
-			}
-		}
-		if err := r.mq.Respond(r.ctx, m.topic, m.payload, m.correlation); err != nil {
-			r.mu.Lock()
-			r.failed++
-			r.mu.Unlock()
-			r.log.Error("command result not published", "topic", m.topic, "err", err)
-		}
-		<-r.slots
-	}
-}
-
-// CommandResult is the answer to one command (ferry write).
-type CommandResult = commandResult
-
-// WriteOnce carries out one command (ferry write): the payload goes through
-// the validation of MQTT commands and the device's writer. A payload that
-// is not JSON is taken as a string, so `ferry write dev/recipe ABC` works.
-func WriteOnce(ctx context.Context, cfg *config.Config, writers map[string]TagWriter, device, tag string, payload []byte, logger *slog.Logger) CommandResult {
-	r := newCommandRouter(cfg, nil, writers, logger)
-	if err := r.Start(); err != nil {
-		return fail(CodeDeviceError, "%v", err)
-	}
-	defer r.Close()
-	if _, err := decodeCommand(payload); err != nil && utf8.Valid(payload) && !looksJSON(payload) {
-		payload = adapters.AppendJSONString(nil, string(payload))
-	}
-	return r.Execute(ctx, device, tag, payload)
-}
-
-// looksJSON reports whether b starts like a JSON object, array, string,
-// number or literal.
-func looksJSON(b []byte) bool {
-	s := strings.TrimSpace(string(b))
-	if s == "" {
-		return false
-	}
-	switch s[0] {
-	case '{', '[', '"', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
-		return true
-	}
-	return s == "true" || s == "false" || s == "null"
 }

@@ -1,65 +1,15 @@
 package gateway
 
 import (
-	"context"
-	"errors"
-
 	"github.com/ferry-gateway/ferry/config"
-	"github.com/ferry-gateway/ferry/gateway/mqtt"
 )
 
 // One command router lives as long as the gateway: a reload swaps its
 // devices, tags and limits (commandRouter.update) while commands keep
-// flowing, so none is ever routed to a router that is closed. The MQTT
-// subscription stays with the publisher; cmdTransport sits between them:
-// the router subscribes through it, the gateway subscribes each publisher
-// once with dispatchCommand, which hands every message to the router.
-
-// cmdTransport is the router's view of the MQTT side.
-type cmdTransport struct{ g *Gateway }
-
-// Subscribe records the router's handler and filter and makes sure the
-// current publisher carries the subscription.
-func (t cmdTransport) Subscribe(filter string, qos byte, h func(mqtt.Message)) error {
-	g := t.g
-	g.statesMu.Lock()
-	defer g.statesMu.Unlock()
-	g.cmdHandler.Store(&h)
-	if g.cmdFilter == filter && g.cmdQoS == qos {
-		return nil
-	}
-	g.cmdFilter, g.cmdQoS = filter, qos
-	if pub := g.pub.Load(); pub != nil {
-		return pub.Subscribe(filter, qos, g.dispatchCommand)
-	}
-	return nil
-}
-
-// Respond publishes a command result through the current publisher.
-func (t cmdTransport) Respond(ctx context.Context, topic string, payload, correlation []byte) error {
-	pub := t.g.pub.Load()
-	if pub == nil {
-		return errors.New("no mqtt publisher")
-	}
-	return pub.Respond(ctx, topic, payload, correlation)
-}
-
-// ClearRetained deletes a retained command through the current publisher.
-func (t cmdTransport) ClearRetained(ctx context.Context, topic string) error {
-	pub := t.g.pub.Load()
-	if pub == nil {
-		return errors.New("no mqtt publisher")
-	}
-	return pub.ClearRetained(ctx, topic)
-}
-
-// dispatchCommand hands a command message to the router. It runs on the
-// MQTT reader goroutine; the router's handle only validates and queues.
-func (g *Gateway) dispatchCommand(m mqtt.Message) {
-	if h := g.cmdHandler.Load(); h != nil {
-		(*h)(m)
-	}
-}
+// flowing, so none is ever routed to a router that is closed. The router
+// subscribes and answers through the publisher in force directly; a
+// publisher that replaces it is handed to the router (attach) before it
+// connects.
 
 // commandWriters are the TagWriters of the devices in force; g.mu held.
 func (g *Gateway) commandWriters() map[string]TagWriter {
@@ -77,11 +27,16 @@ func (g *Gateway) commandWriters() map[string]TagWriter {
 // startCommands builds and starts the command router for the current
 // config and devices; g.mu held.
 func (g *Gateway) startCommands() error {
-	r := newCommandRouter(g.cfg, cmdTransport{g}, g.commandWriters(), g.logger)
+	var mq commandTransport
+	if pub := g.pub.Load(); pub != nil {
+		mq = pub.Publisher
+	}
+	r := newCommandRouter(g.cfg, mq, g.commandWriters(), g.logger)
 	if err := r.Start(); err != nil {
 		return err
 	}
 	g.commands = r
+	g.cmdStats.Store(r)
 	return nil
 }
 
@@ -112,15 +67,14 @@ func (g *Gateway) stopCommands() {
 	if g.commands != nil {
 		g.commands.Close()
 		g.commands = nil
+		g.cmdStats.Store(nil)
 	}
 }
 
 // CommandStats returns the command router's counters; false before Run
-// started it or after shutdown.
+// started it or after shutdown. It does not wait for a reload.
 func (g *Gateway) CommandStats() (CommandStats, bool) {
-	g.mu.Lock()
-	r := g.commands
-	g.mu.Unlock()
+	r := g.cmdStats.Load()
 	if r == nil {
 		return CommandStats{}, false
 	}

@@ -67,10 +67,9 @@ type Gateway struct {
 	statesMu sync.Mutex
 	states   map[string]deviceState // latest P/DEVICE/status per device
 	pub      atomic.Pointer[publisher]
-	// The command subscription every publisher carries (see commands.go).
-	cmdFilter  string
-	cmdQoS     byte
-	cmdHandler atomic.Pointer[func(mqtt.Message)]
+	// cmdStats is g.commands for CommandStats, which must not wait for mu
+	// (a Reload holds it while a write ends).
+	cmdStats atomic.Pointer[commandRouter]
 
 	// failed receives the error of a publisher that ended on its own (it
 	// only does when it cannot go on).
@@ -264,13 +263,13 @@ func (g *Gateway) startPublisher(parent context.Context, cfg *config.Config) err
 	for _, st := range g.states {
 		p.PublishState(st.topic, st.payload)
 	}
-	// Subscribed before Run: commands the broker kept for our session
-	// reach the router.
-	if g.cmdFilter != "" {
-		if err := p.Subscribe(g.cmdFilter, g.cmdQoS, g.dispatchCommand); err != nil {
+	// The command router subscribes before Run: commands the broker kept
+	// for our session reach it.
+	if g.commands != nil {
+		if err := g.commands.attach(p); err != nil {
 			g.statesMu.Unlock()
 			cancel()
-			return fmt.Errorf("mqtt publisher: subscribe %s: %w", g.cmdFilter, err)
+			return fmt.Errorf("mqtt publisher: %w", err)
 		}
 	}
 	g.pub.Store(h)

@@ -42,71 +42,84 @@ func EncodeWrite(tag config.ModbusTag, v adapters.Value) error {
 }
 
 func encodeWrite(tag config.ModbusTag, v adapters.Value) (encodedWrite, error) {
-	w := encodedWrite{table: tag.Table, addr: tag.Address, bit: -1}
+	e, err := newEncoder(tag)
+	if err != nil {
+		return encodedWrite{table: tag.Table, addr: tag.Address, bit: -1}, err
+	}
+	return e.encode(v)
+}
+
+// encoder turns the values of one writable tag into requests. Everything
+// that depends on the tag alone is checked once, by newEncoder.
+type encoder struct {
+	tag   config.ModbusTag
+	order string
+	sc    scaler
+	lo    int64  // integer types: the range as int64/uint64 bit patterns
+	hi    uint64 //
+	n     int    // integer types: size in registers
+}
+
+// newEncoder checks that tag can be written at all: a coil or a holding
+// register, a known byte order, a bit within the register, a string short
+// enough for one request, a scale that can be inverted, a writable type.
+func newEncoder(tag config.ModbusTag) (*encoder, error) {
+	e := &encoder{tag: tag, order: tag.Order}
 	switch tag.Table {
 	case config.TableCoil:
+		return e, nil
+	case config.TableHolding:
+	default:
+		return nil, adapters.BadValue("a %s tag cannot be written (only holding and coil)", tag.Table)
+	}
+	if e.order == "" {
+		e.order = OrderABCD
+	}
+	if _, ok := words32[e.order]; !ok {
+		return nil, adapters.BadValue("unknown order %q", tag.Order)
+	}
+	switch tag.Type {
+	case "bool":
+		if tag.Bit > 15 {
+			return nil, adapters.BadValue("bit %d out of range 0..15", tag.Bit)
+		}
+		return e, nil
+	case "string":
+		if tag.Length < 1 || tag.Length > maxWriteRegisters {
+			return nil, adapters.BadValue("a string of %d registers cannot be written in one request (at most %d)", tag.Length, maxWriteRegisters)
+		}
+		return e, nil
+	}
+	if tag.Scale == 0 {
+		return nil, adapters.BadValue("scale 0 cannot be inverted")
+	}
+	e.sc = newScaler(tag.Scale, tag.Offset)
+	if tag.Type == "float32" || tag.Type == "float64" {
+		return e, nil
+	}
+	var ok bool
+	if e.lo, e.hi, e.n, ok = intRange(tag.Type); !ok {
+		return nil, adapters.BadValue("type %q cannot be written", tag.Type)
+	}
+	return e, nil
+}
+
+// encode is the request that writes v, or why v cannot be written (a
+// *adapters.WriteError, bad_value).
+func (e *encoder) encode(v adapters.Value) (encodedWrite, error) {
+	w := encodedWrite{table: e.tag.Table, addr: e.tag.Address, bit: -1}
+	if e.tag.Table == config.TableCoil {
 		if v.Kind() != adapters.BoolKind {
 			return w, adapters.BadValue("expected true or false, got %s", kindName(v))
 		}
 		w.coil = v.Bool()
 		return w, nil
-	case config.TableHolding:
-	default:
-		return w, adapters.BadValue("a %s tag cannot be written (only holding and coil)", tag.Table)
 	}
-	order := tag.Order
-	if order == "" {
-		order = OrderABCD
-	}
-	if _, ok := words32[order]; !ok {
-		return w, adapters.BadValue("unknown order %q", tag.Order)
-	}
-	switch tag.Type {
+	switch e.tag.Type {
 	case "bool":
-		if v.Kind() != adapters.BoolKind {
-			return w, adapters.BadValue("expected true or false, got %s", kindName(v))
-		}
-		if tag.Bit >= 0 {
-			if tag.Bit > 15 {
-				return w, adapters.BadValue("bit %d out of range 0..15", tag.Bit)
-			}
-			w.bit, w.on = tag.Bit, v.Bool()
-			return w, nil
-		}
-		w.words = []uint16{0}
-		if v.Bool() {
-			w.words[0] = 1
-		}
-		return w, nil
+		return e.encodeBool(w, v)
 	case "string":
-		if v.Kind() != adapters.StringKind {
-			return w, adapters.BadValue("expected a string, got %s", kindName(v))
-		}
-		s := v.Str()
-		if !utf8.ValidString(s) {
-			return w, adapters.BadValue("string is not valid UTF-8")
-		}
-		if strings.IndexByte(s, 0) >= 0 {
-			return w, adapters.BadValue("string contains NUL")
-		}
-		if tag.Length < 1 || tag.Length > maxWriteRegisters {
-			return w, adapters.BadValue("a string of %d registers cannot be written in one request (at most %d)", tag.Length, maxWriteRegisters)
-		}
-		if len(s) > 2*tag.Length {
-			return w, adapters.BadValue("string of %d bytes does not fit %d registers (%d bytes)", len(s), tag.Length, 2*tag.Length)
-		}
-		b := make([]byte, 2*tag.Length)
-		copy(b, s)
-		lowFirst := order == OrderBADC || order == OrderDCBA
-		w.words = make([]uint16, tag.Length)
-		for i := range w.words {
-			if lowFirst {
-				w.words[i] = uint16(b[2*i+1])<<8 | uint16(b[2*i])
-			} else {
-				w.words[i] = uint16(b[2*i])<<8 | uint16(b[2*i+1])
-			}
-		}
-		return w, nil
+		return e.encodeString(w, v)
 	}
 	switch v.Kind() {
 	case adapters.IntKind, adapters.UintKind, adapters.FloatKind:
@@ -116,55 +129,97 @@ func encodeWrite(tag config.ModbusTag, v adapters.Value) (encodedWrite, error) {
 	if v.Kind() == adapters.FloatKind && !floatOK(v.Float()) {
 		return w, adapters.BadValue("NaN and infinite values cannot be written")
 	}
-	if tag.Scale == 0 {
-		return w, adapters.BadValue("scale 0 cannot be inverted")
+	if e.tag.Type == "float32" || e.tag.Type == "float64" {
+		return e.encodeFloat(w, v)
 	}
-	sc := newScaler(tag.Scale, tag.Offset)
-	switch tag.Type {
-	case "float32", "float64":
-		raw := v.Float()
-		if !sc.identity {
-			raw = sc.invert(raw)
-		}
-		if !floatOK(raw) {
-			return w, adapters.BadValue("%s is out of range after scaling", v)
-		}
-		if tag.Type == "float32" {
-			f := float32(raw)
-			if math.IsInf(float64(f), 0) {
-				return w, adapters.BadValue("%s is out of the range of float32", v)
-			}
-			w.words = orderWords(uint64(math.Float32bits(f)), 2, order)
-		} else {
-			w.words = orderWords(math.Float64bits(raw), 4, order)
-		}
+	return e.encodeInt(w, v)
+}
+
+func (e *encoder) encodeBool(w encodedWrite, v adapters.Value) (encodedWrite, error) {
+	if v.Kind() != adapters.BoolKind {
+		return w, adapters.BadValue("expected true or false, got %s", kindName(v))
+	}
+	if e.tag.Bit >= 0 {
+		w.bit, w.on = e.tag.Bit, v.Bool()
 		return w, nil
 	}
-	lo, hi, n, ok := intRange(tag.Type)
-	if !ok {
-		return w, adapters.BadValue("type %q cannot be written", tag.Type)
+	w.words = []uint16{0}
+	if v.Bool() {
+		w.words[0] = 1
 	}
-	var bitsOut uint64
-	if sc.identity {
-		u, err := exactInt(v, lo, hi, tag.Type)
+	return w, nil
+}
+
+func (e *encoder) encodeString(w encodedWrite, v adapters.Value) (encodedWrite, error) {
+	if v.Kind() != adapters.StringKind {
+		return w, adapters.BadValue("expected a string, got %s", kindName(v))
+	}
+	s := v.Str()
+	if !utf8.ValidString(s) {
+		return w, adapters.BadValue("string is not valid UTF-8")
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return w, adapters.BadValue("string contains NUL")
+	}
+	n := e.tag.Length
+	if len(s) > 2*n {
+		return w, adapters.BadValue("string of %d bytes does not fit %d registers (%d bytes)", len(s), n, 2*n)
+	}
+	b := make([]byte, 2*n)
+	copy(b, s)
+	lowFirst := e.order == OrderBADC || e.order == OrderDCBA
+	w.words = make([]uint16, n)
+	for i := range w.words {
+		if lowFirst {
+			w.words[i] = uint16(b[2*i+1])<<8 | uint16(b[2*i])
+		} else {
+			w.words[i] = uint16(b[2*i])<<8 | uint16(b[2*i+1])
+		}
+	}
+	return w, nil
+}
+
+func (e *encoder) encodeFloat(w encodedWrite, v adapters.Value) (encodedWrite, error) {
+	raw := v.Float()
+	if !e.sc.identity {
+		raw = e.sc.invert(raw)
+	}
+	if !floatOK(raw) {
+		return w, adapters.BadValue("%s is out of range after scaling", v)
+	}
+	if e.tag.Type == "float32" {
+		f := float32(raw)
+		if math.IsInf(float64(f), 0) {
+			return w, adapters.BadValue("%s is out of the range of float32", v)
+		}
+		w.words = orderWords(uint64(math.Float32bits(f)), 2, e.order)
+	} else {
+		w.words = orderWords(math.Float64bits(raw), 4, e.order)
+	}
+	return w, nil
+}
+
+func (e *encoder) encodeInt(w encodedWrite, v adapters.Value) (encodedWrite, error) {
+	typ := e.tag.Type
+	if e.sc.identity {
+		u, err := exactInt(v, e.lo, e.hi, typ)
 		if err != nil {
 			return w, err
 		}
-		bitsOut = u
-	} else {
-		eng := v.Float()
-		raw := math.Round(sc.invert(eng))
-		back := sc.apply(raw)
-		if !floatOK(raw) || math.Abs(back-eng) > 1e-6*math.Abs(tag.Scale)+1e-12*math.Abs(eng) {
-			return w, adapters.BadValue("%s is not representable with scale %g and offset %g (nearest is %s)", v, tag.Scale, tag.Offset, adapters.FloatValue(back))
-		}
-		u, err := exactInt(adapters.FloatValue(raw), lo, hi, tag.Type)
-		if err != nil {
-			return w, adapters.BadValue("%s is out of range: raw value %g does not fit %s", v, raw, tag.Type)
-		}
-		bitsOut = u
+		w.words = orderWords(u, e.n, e.order)
+		return w, nil
 	}
-	w.words = orderWords(bitsOut, n, order)
+	eng := v.Float()
+	raw := math.Round(e.sc.invert(eng))
+	back := e.sc.apply(raw)
+	if !floatOK(raw) || math.Abs(back-eng) > 1e-6*math.Abs(e.tag.Scale)+1e-12*math.Abs(eng) {
+		return w, adapters.BadValue("%s is not representable with scale %g and offset %g (nearest is %s)", v, e.tag.Scale, e.tag.Offset, adapters.FloatValue(back))
+	}
+	u, err := exactInt(adapters.FloatValue(raw), e.lo, e.hi, typ)
+	if err != nil {
+		return w, adapters.BadValue("%s is out of range: raw value %g does not fit %s", v, raw, typ)
+	}
+	w.words = orderWords(u, e.n, e.order)
 	return w, nil
 }
 
@@ -281,61 +336,120 @@ func (p *Poller) tagConfig(name string) (config.ModbusTag, int, bool) {
 // CheckWrite validates a write of v to tag without any I/O (see
 // EncodeWrite); it also refuses a tag that is not writable, and a value
 // below the tag's min or above its max (out_of_range, compared exactly).
+// The gateway compiles the tag once instead (CompileWrite).
 func (p *Poller) CheckWrite(tag string, v adapters.Value) error {
-	t, _, ok := p.tagConfig(tag)
-	if !ok {
-		return adapters.BadValue("device %s has no tag %q", p.dev.Name, tag)
-	}
-	if !t.Writable {
-		return adapters.BadValue("tag %s/%s is not writable", p.dev.Name, tag)
-	}
-	if err := checkLimits(t, v); err != nil {
+	tw, err := p.CompileWrite(tag)
+	if err != nil {
 		return err
 	}
-	return EncodeWrite(t, v)
+	_, err = tw.Check(v)
+	return err
 }
 
-// checkLimits applies the tag's min and max to v, exactly.
-func checkLimits(t config.ModbusTag, v adapters.Value) error {
-	return adapters.CheckLimits(v, adapters.NewLimit(t.Min, t.MinInt), adapters.NewLimit(t.Max, t.MaxInt))
+// WriteTag checks and writes v to tag: CompileWrite, Check and Write in
+// one call (ferry's tests and tools; the gateway compiles each tag once).
+func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
+	tw, err := p.CompileWrite(tag)
+	if err != nil {
+		return adapters.Value{}, err
+	}
+	raw, err := tw.Check(v)
+	if err != nil {
+		return adapters.Value{}, err
+	}
+	return tw.Write(ctx, raw, verify)
 }
 
-// WriteTag writes the engineering value v to tag: FC5 for a coil, FC6 for
-// one register, FC16 for a multi-register value (a 32- or 64-bit value or
-// a string is always one request), and for a bool on one bit of a holding
-// register a read (FC3) and a write (FC6) of that register. The request
-// holds the link the whole time, so it never interleaves with a poll of any
-// device on the same connection (a bit write cannot lose a concurrent
-// change made through ferry), and it goes ahead of the next poll request.
-// Writes are not retried: a timeout may have been carried out.
+// tagWrite is one writable tag of a Poller, compiled once: its encoder,
+// the decoder of what it reads back, its limits and its scan class.
+type tagWrite struct {
+	p        *Poller
+	name     string
+	ci       int // scan class polled at once after a write; -1 none
+	enc      *encoder
+	dec      Decoder
+	min, max *adapters.Limit
+}
+
+// checkedWrite is what tagWrite.Check hands to Write.
+type checkedWrite struct {
+	v adapters.Value
+	w encodedWrite
+}
+
+// CompileWrite compiles the writes of tag (adapters.Writer): it refuses a
+// tag the device does not have, one that is not writable, and one whose
+// table, type, order or scaling cannot be written (bad_value).
+func (p *Poller) CompileWrite(tag string) (adapters.TagWrite, error) {
+	t, ci, ok := p.tagConfig(tag)
+	if !ok {
+		return nil, adapters.BadValue("device %s has no tag %q", p.dev.Name, tag)
+	}
+	if !t.Writable {
+		return nil, adapters.BadValue("tag %s/%s is not writable", p.dev.Name, tag)
+	}
+	enc, err := newEncoder(t)
+	if err != nil {
+		return nil, fmt.Errorf("tag %s/%s: %w", p.dev.Name, tag, err)
+	}
+	dec, err := NewDecoder(t)
+	if err != nil {
+		return nil, adapters.BadValue("tag %s/%s: %v", p.dev.Name, tag, err)
+	}
+	return &tagWrite{p: p, name: tag, ci: ci, enc: enc, dec: dec,
+		min: adapters.NewLimit(t.Min, t.MinInt), max: adapters.NewLimit(t.Max, t.MaxInt)}, nil
+}
+
+// Check validates v without I/O: the tag's min and max (exactly), then
+// the tag's type (see EncodeWrite).
+func (tw *tagWrite) Check(v adapters.Value) (any, error) {
+	if err := adapters.CheckLimits(v, tw.min, tw.max); err != nil {
+		return nil, err
+	}
+	w, err := tw.enc.encode(v)
+	if err != nil {
+		return nil, err
+	}
+	return checkedWrite{v: v, w: w}, nil
+}
+
+// Write writes the engineering value that Check accepted: FC5 for a coil,
+// FC6 for one register, FC16 for a multi-register value (a 32- or 64-bit
+// value or a string is always one request), and for a bool on one bit of
+// a holding register a read (FC3) and a write (FC6) of that register. The
+// request holds the link the whole time, so it never interleaves with a
+// poll of any device on the same connection (a bit write cannot lose a
+// concurrent change made through ferry), and it goes ahead of the next
+// poll request. Writes are not retried: a timeout may have been carried
+// out.
 //
 // With verify, the tag is read back on the same hold of the link and
 // compared register by register (bit by bit) with what was written. It
 // returns the value the device holds now, decoded as a poll would, and
 // asks Run for an immediate poll of the tag's scan class so the new value
 // is published promptly. Errors are *adapters.WriteError.
-func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
-	t, ci, ok := p.tagConfig(tag)
+func (tw *tagWrite) Write(ctx context.Context, raw any, verify bool) (adapters.Value, error) {
+	cw, ok := raw.(checkedWrite)
 	if !ok {
-		return adapters.Value{}, adapters.BadValue("device %s has no tag %q", p.dev.Name, tag)
+		return adapters.Value{}, adapters.BadValue("tag %s/%s: write of a value that was not checked", tw.p.dev.Name, tw.name)
 	}
-	if !t.Writable {
-		return adapters.Value{}, adapters.BadValue("tag %s/%s is not writable", p.dev.Name, tag)
-	}
-	if err := checkLimits(t, v); err != nil {
-		return adapters.Value{}, err
-	}
-	w, err := encodeWrite(t, v)
-	if err != nil {
-		return adapters.Value{}, err
-	}
-	dec, err := NewDecoder(t)
-	if err != nil {
-		return adapters.Value{}, adapters.BadValue("%v", err)
-	}
+	p := tw.p
 	// Every failure from here on says what happened to this write, not
 	// what happened to the last poll.
-	what := fmt.Sprintf("write of %s to %s/%s", v, p.dev.Name, tag)
+	what := fmt.Sprintf("write of %s to %s/%s", cw.v, p.dev.Name, tw.name)
+	got, err := p.write(ctx, tw, cw.w, verify, what)
+	if err != nil {
+		return adapters.Value{}, err
+	}
+	if tw.ci >= 0 {
+		p.kickClass(tw.ci)
+	}
+	return got, nil
+}
+
+// write carries out w on the device's link; what names the write in every
+// error.
+func (p *Poller) write(ctx context.Context, tw *tagWrite, w encodedWrite, verify bool, what string) (adapters.Value, error) {
 	if err := ctx.Err(); err != nil {
 		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeTimeout, Err: fmt.Errorf("%s not sent: %w", what, err)}
 	}
@@ -343,29 +457,21 @@ func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, ver
 	if err != nil {
 		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeDeviceError, Err: fmt.Errorf("%s not sent: %w", what, err)}
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	h := l.hold()
+	defer h.unhold()
 	if ctx.Err() != nil {
 		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeTimeout, Err: fmt.Errorf("%s not sent: waited too long for the connection: %w", what, ctx.Err())}
 	}
-	if _, err := l.ensure(!p.running.Load(), p.minBackoff, p.maxBackoff); err != nil {
-		// The link is backing off after a failure: a device that stopped
-		// answering in time is a timeout to the commander, not an error.
-		if errors.Is(err, mb.ErrRequestTimedOut) {
-			return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeTimeout, Err: &quietError{
-				msg: fmt.Sprintf("%s not sent: device %s stopped answering (its requests timed out after %v) and is not connected; ferry reconnects by itself, send the command again later", what, p.dev.Name, p.dev.Timeout),
-				err: err,
-			}}
-		}
-		return adapters.Value{}, &adapters.WriteError{Code: adapters.CodeDeviceError, Err: fmt.Errorf("%s not sent: device %s is not connected: %w", what, p.dev.Name, err)}
+	if _, err := h.ensure(!p.running.Load(), p.minBackoff, p.maxBackoff); err != nil {
+		return adapters.Value{}, p.notConnected(what, err)
 	}
-	words, bitsNow, err := p.writeLocked(l, w)
+	words, bitsNow, err := p.writeHeld(h, w)
 	if err == nil && verify {
 		var back []uint16
 		var backBits []bool
-		back, backBits, err = p.readBackLocked(l, w, len(words))
+		back, backBits, err = p.readBackHeld(h, w, len(words))
 		if err == nil && !sameWrite(w, words, bitsNow, back, backBits) {
-			err = &adapters.WriteError{Code: adapters.CodeDeviceError, Err: fmt.Errorf("verify: the device holds %s after the write", decodeBack(dec, w, back, backBits))}
+			err = &adapters.WriteError{Code: adapters.CodeDeviceError, Err: fmt.Errorf("verify: the device holds %s after the write", decodeBack(tw.dec, w, back, backBits))}
 		}
 		words, bitsNow = back, backBits
 	}
@@ -382,10 +488,20 @@ func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, ver
 		}
 		return adapters.Value{}, fmt.Errorf("%s: %w", what, err)
 	}
-	if ci >= 0 {
-		p.kickClass(ci)
+	return decodeBack(tw.dec, w, words, bitsNow), nil
+}
+
+// notConnected is the error of a write not sent because the link is
+// down. A device that stopped answering in time is a timeout to the
+// commander, not an error: the link is backing off after it.
+func (p *Poller) notConnected(what string, err error) error {
+	if errors.Is(err, mb.ErrRequestTimedOut) {
+		return &adapters.WriteError{Code: adapters.CodeTimeout, Err: &quietError{
+			msg: fmt.Sprintf("%s not sent: device %s stopped answering (its requests timed out after %v) and is not connected; ferry reconnects by itself, send the command again later", what, p.dev.Name, p.dev.Timeout),
+			err: err,
+		}}
 	}
-	return decodeBack(dec, w, words, bitsNow), nil
+	return &adapters.WriteError{Code: adapters.CodeDeviceError, Err: fmt.Errorf("%s not sent: device %s is not connected: %w", what, p.dev.Name, err)}
 }
 
 func decodeBack(dec Decoder, w encodedWrite, words []uint16, bitsNow []bool) adapters.Value {
@@ -407,79 +523,66 @@ func sameWrite(w encodedWrite, words []uint16, bitsNow []bool, back []uint16, ba
 	return slices.Equal(words, back)
 }
 
-// writeLocked performs w; caller holds l.mu and l is connected. It returns
-// the registers (bits) the tag holds after the write.
-func (p *Poller) writeLocked(l *link, w encodedWrite) ([]uint16, []bool, error) {
-	_ = l.client.SetUnitId(p.dev.Unit)
+// writeHeld performs w on the held, connected link. It returns the
+// registers (bits) the tag holds after the write.
+func (p *Poller) writeHeld(h held, w encodedWrite) ([]uint16, []bool, error) {
 	var err error
 	words := w.words
 	var bitsNow []bool
+	unit := p.dev.Unit
 	switch {
 	case w.table == config.TableCoil:
-		err = l.client.WriteCoil(w.addr, w.coil)
+		err = h.writeCoil(unit, w.addr, w.coil)
 		bitsNow = []bool{w.coil}
 	case w.bit >= 0:
 		var cur []uint16
-		cur, err = l.client.ReadRegisters(w.addr, 1, mb.HOLDING_REGISTER)
-		if err == nil && len(cur) != 1 {
-			err = mb.ErrProtocolError
-		}
+		cur, _, err = h.read(unit, config.TableHolding, w.addr, 1)
 		if err == nil {
 			x := cur[0] &^ (1 << w.bit)
 			if w.on {
 				x |= 1 << w.bit
 			}
 			words = []uint16{x}
-			err = l.client.WriteRegister(w.addr, x)
+			err = h.writeRegisters(unit, w.addr, words)
 		}
-	case len(w.words) == 1:
-		err = l.client.WriteRegister(w.addr, w.words[0])
 	default:
-		err = l.client.WriteRegisters(w.addr, w.words)
+		err = h.writeRegisters(unit, w.addr, w.words)
 	}
 	if err != nil {
-		return nil, nil, p.writeFailed(l, fmt.Errorf("write %s %d: %w", w.table, w.addr, err), err)
+		return nil, nil, p.writeFailed(h, fmt.Errorf("write %s %d: %w", w.table, w.addr, err), err)
 	}
-	l.answered(p.minBackoff)
+	h.answered(p.minBackoff)
 	return words, bitsNow, nil
 }
 
-func (p *Poller) readBackLocked(l *link, w encodedWrite, n int) ([]uint16, []bool, error) {
+// readBackHeld reads the tag back after a write (verify).
+func (p *Poller) readBackHeld(h held, w encodedWrite, n int) ([]uint16, []bool, error) {
 	if w.table == config.TableCoil {
-		b, err := l.client.ReadCoils(w.addr, 1)
-		if err == nil && len(b) != 1 {
-			err = mb.ErrProtocolError
-		}
+		_, b, err := h.read(p.dev.Unit, config.TableCoil, w.addr, 1)
 		if err != nil {
-			return nil, nil, p.writeFailed(l, fmt.Errorf("verify: read coil %d: %w", w.addr, err), err)
+			return nil, nil, p.writeFailed(h, fmt.Errorf("verify: read coil %d: %w", w.addr, err), err)
 		}
-		return nil, b, nil
+		return nil, b[:1], nil
 	}
-	r, err := l.client.ReadRegisters(w.addr, uint16(max(n, 1)), mb.HOLDING_REGISTER)
-	if err == nil && len(r) != max(n, 1) {
-		err = mb.ErrProtocolError
-	}
+	r, _, err := h.read(p.dev.Unit, config.TableHolding, w.addr, uint16(max(n, 1)))
 	if err != nil {
-		return nil, nil, p.writeFailed(l, fmt.Errorf("verify: read holding %d: %w", w.addr, err), err)
+		return nil, nil, p.writeFailed(h, fmt.Errorf("verify: read holding %d: %w", w.addr, err), err)
 	}
-	return r, nil, nil
+	return r[:max(n, 1)], nil, nil
 }
 
-// writeFailed classifies a failed request of a write (caller holds l.mu):
-// a timeout is adapters.CodeTimeout, anything else adapters.CodeDeviceError; a transport
-// error closes the link as a failed poll would.
-func (p *Poller) writeFailed(l *link, werr, err error) error {
+// writeFailed classifies a failed request of a write (the link held): a
+// timeout is adapters.CodeTimeout, anything else adapters.CodeDeviceError;
+// a transport error closes the link as a failed poll would.
+func (p *Poller) writeFailed(h held, werr, err error) error {
 	switch {
 	case errors.Is(err, mb.ErrRequestTimedOut):
-		l.consecTmout++
-		if l.consecTmout >= l.users() {
-			l.fail(werr, p.minBackoff, p.maxBackoff)
-		}
+		h.timedOut(werr, p.minBackoff, p.maxBackoff)
 		return &adapters.WriteError{Code: adapters.CodeTimeout, Err: fmt.Errorf("%w: no answer within %v, so it may have been carried out or not", werr, p.dev.Timeout)}
 	case isException(err):
-		l.answered(p.minBackoff)
+		h.answered(p.minBackoff)
 	default:
-		l.fail(werr, p.minBackoff, p.maxBackoff)
+		h.fail(werr, p.minBackoff, p.maxBackoff)
 	}
 	return &adapters.WriteError{Code: adapters.CodeDeviceError, Err: werr}
 }

@@ -40,80 +40,114 @@ func (c *Client) tagIndex(name string) int {
 	return -1
 }
 
-// CheckWrite validates a write of v to tag without I/O: the tag exists and
-// is writable, v is within its min and max (compared exactly), and v is a bool, a finite number or a string (and fits the
-// node's data type when that is known from an earlier write).
+// CheckWrite validates a write of v to tag without I/O (CompileWrite and
+// Check); the gateway compiles each tag once instead.
 func (c *Client) CheckWrite(tag string, v adapters.Value) error {
+	tw, err := c.CompileWrite(tag)
+	if err != nil {
+		return err
+	}
+	_, err = tw.Check(v)
+	return err
+}
+
+// WriteTag checks and writes v to tag: CompileWrite, Check and Write in
+// one call.
+func (c *Client) WriteTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
+	tw, err := c.CompileWrite(tag)
+	if err != nil {
+		return adapters.Value{}, err
+	}
+	raw, err := tw.Check(v)
+	if err != nil {
+		return adapters.Value{}, err
+	}
+	return tw.Write(ctx, raw, verify)
+}
+
+// tagWrite is one writable tag of a Client, compiled once: its index (so
+// its node on the current connection) and its limits. The node's data
+// type is known per connection (dataType).
+type tagWrite struct {
+	c        *Client
+	i        int
+	min, max *adapters.Limit
+}
+
+// CompileWrite compiles the writes of tag (adapters.Writer): it refuses a
+// tag the device does not have and one that is not writable (bad_value).
+func (c *Client) CompileWrite(tag string) (adapters.TagWrite, error) {
 	i := c.tagIndex(tag)
 	if i < 0 {
-		return adapters.BadValue("device %s has no tag %q", c.dev.Name, tag)
+		return nil, adapters.BadValue("device %s has no tag %q", c.dev.Name, tag)
 	}
-	if !c.tags[i].cfg.Writable {
-		return adapters.BadValue("tag %s/%s is not writable", c.dev.Name, tag)
+	t := c.tags[i].cfg
+	if !t.Writable {
+		return nil, adapters.BadValue("tag %s/%s is not writable", c.dev.Name, tag)
 	}
-	if err := c.checkLimits(i, v); err != nil {
-		return err
+	return &tagWrite{c: c, i: i, min: adapters.NewLimit(t.Min, t.MinInt), max: adapters.NewLimit(t.Max, t.MaxInt)}, nil
+}
+
+// Check validates v without I/O: v is within the tag's min and max
+// (compared exactly), and a bool, a finite number or a string (that fits
+// the node's data type when that is known from an earlier write).
+func (tw *tagWrite) Check(v adapters.Value) (any, error) {
+	if err := adapters.CheckLimits(v, tw.min, tw.max); err != nil {
+		return nil, err
 	}
 	switch v.Kind() {
 	case adapters.BoolKind, adapters.IntKind, adapters.UintKind, adapters.StringKind:
 	case adapters.FloatKind:
 		if !floatOK(v.Float()) {
-			return adapters.BadValue("NaN and infinite values cannot be written")
+			return nil, adapters.BadValue("NaN and infinite values cannot be written")
 		}
 	default:
-		return adapters.BadValue("only booleans, numbers and strings can be written")
+		return nil, adapters.BadValue("only booleans, numbers and strings can be written")
 	}
+	c := tw.c
 	c.liveMu.Lock()
 	l := c.cur
 	c.liveMu.Unlock()
 	if l != nil {
 		l.mu.Lock()
-		dt, ok := l.types[i]
+		dt, ok := l.types[tw.i]
 		l.mu.Unlock()
 		if ok {
-			_, err := coerce(v, dt)
-			return err
+			if _, err := coerce(v, dt); err != nil {
+				return nil, err
+			}
 		}
 	}
-	return nil
+	return v, nil
 }
 
-// checkLimits applies tag i's min and max to v, exactly (out_of_range).
-func (c *Client) checkLimits(i int, v adapters.Value) error {
-	t := c.tags[i].cfg
-	return adapters.CheckLimits(v, adapters.NewLimit(t.Min, t.MinInt), adapters.NewLimit(t.Max, t.MaxInt))
-}
-
-// WriteTag writes v to the tag's node, coerced to the node's DataType
-// (read once per connection and cached): Boolean, SByte..UInt64 (exact
-// integers in range), Float, Double, String. A status code other than Good
-// is a device_error named by its code (BadNotWritable, BadUserAccessDenied,
-// BadTypeMismatch, ...). Only nodes of configured tags are written, and
-// only after their namespace was resolved on the current connection. With
-// verify the value is read back and compared. Without Run (ferry write) it
-// connects for this one write.
-func (c *Client) WriteTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
-	got, err := c.writeTag(ctx, tag, v, verify)
+// Write writes the value Check accepted to the tag's node, coerced to the
+// node's DataType (read once per connection and cached): Boolean,
+// SByte..UInt64 (exact integers in range), Float, Double, String. A status
+// code other than Good is a device_error named by its code
+// (BadNotWritable, BadUserAccessDenied, BadTypeMismatch, ...). Only nodes
+// of configured tags are written, and only after their namespace was
+// resolved on the current connection. With verify the value is read back
+// and compared. Without Run (ferry write) it connects for this one write.
+func (tw *tagWrite) Write(ctx context.Context, raw any, verify bool) (adapters.Value, error) {
+	c := tw.c
+	v, ok := raw.(adapters.Value)
+	if !ok {
+		return adapters.Value{}, adapters.BadValue("tag %s/%s: write of a value that was not checked", c.dev.Name, c.tags[tw.i].cfg.Name)
+	}
+	got, err := c.write(ctx, tw.i, v, verify)
 	// A failure of the device or of the connection says which write it
 	// was (value, device/tag), not only what the connection last did.
 	var we *adapters.WriteError
 	if errors.As(err, &we) && (we.Code == adapters.CodeDeviceError || we.Code == adapters.CodeTimeout) {
-		return got, &adapters.WriteError{Code: we.Code, Err: fmt.Errorf("write of %s to %s/%s: %w", v, c.dev.Name, tag, we.Err)}
+		return got, &adapters.WriteError{Code: we.Code, Err: fmt.Errorf("write of %s to %s/%s: %w", v, c.dev.Name, c.tags[tw.i].cfg.Name, we.Err)}
 	}
 	return got, err
 }
 
-func (c *Client) writeTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
-	i := c.tagIndex(tag)
-	if i < 0 {
-		return adapters.Value{}, adapters.BadValue("device %s has no tag %q", c.dev.Name, tag)
-	}
-	if !c.tags[i].cfg.Writable {
-		return adapters.Value{}, adapters.BadValue("tag %s/%s is not writable", c.dev.Name, tag)
-	}
-	if err := c.checkLimits(i, v); err != nil {
-		return adapters.Value{}, err
-	}
+// write writes v to the node of tag i on the current connection (or on
+// one of its own without Run).
+func (c *Client) write(ctx context.Context, i int, v adapters.Value, verify bool) (adapters.Value, error) {
 	c.liveMu.Lock()
 	l := c.cur
 	c.liveMu.Unlock()
@@ -147,6 +181,25 @@ func (c *Client) writeTag(ctx context.Context, tag string, v adapters.Value, ver
 	if err != nil {
 		return adapters.Value{}, err
 	}
+	if err := c.writeNode(ctx, l, i, node, variant); err != nil {
+		return adapters.Value{}, err
+	}
+	written, _ := convertVariant(variant)
+	if verify {
+		if err := c.verify(ctx, l, i, node, written); err != nil {
+			c.st.writeErrors.Add(1)
+			return adapters.Value{}, err
+		}
+	}
+	select { // poll mode: read at once so the new value is published now
+	case c.kick <- struct{}{}:
+	default:
+	}
+	return written, nil
+}
+
+// writeNode sends the write request of tag i's node.
+func (c *Client) writeNode(ctx context.Context, l *live, i int, node *ua.NodeID, variant *ua.Variant) error {
 	c.st.writes.Add(1)
 	res, err := l.cn.cl.Write(ctx, &ua.WriteRequest{NodesToWrite: []*ua.WriteValue{{
 		NodeID: node, AttributeID: ua.AttributeIDValue,
@@ -160,39 +213,33 @@ func (c *Client) writeTag(ctx context.Context, tag string, v adapters.Value, ver
 	}
 	if err != nil {
 		c.st.writeErrors.Add(1)
-		return adapters.Value{}, classify(ctx, fmt.Errorf("write %s: %w", c.tags[i].cfg.Node, err))
+		return classify(ctx, fmt.Errorf("write %s: %w", c.tags[i].cfg.Node, err))
 	}
 	if code := res.Results[0]; code != ua.StatusOK && Quality(code) != adapters.Good {
 		c.st.writeErrors.Add(1)
-		return adapters.Value{}, deviceError("%s: write %s refused", StatusName(code), c.tags[i].cfg.Node)
+		return deviceError("%s: write %s refused", StatusName(code), c.tags[i].cfg.Node)
 	}
-	written, _ := convertVariant(variant)
-	if verify {
-		rr, err := l.cn.cl.Read(ctx, &ua.ReadRequest{NodesToRead: []*ua.ReadValueID{{NodeID: node, AttributeID: ua.AttributeIDValue}},
-			TimestampsToReturn: ua.TimestampsToReturnNeither})
-		if err == nil && (len(rr.Results) != 1 || rr.Results[0] == nil) {
-			err = errors.New("no result")
-		}
-		if err != nil {
-			c.st.writeErrors.Add(1)
-			return adapters.Value{}, classify(ctx, fmt.Errorf("verify: read %s: %w", c.tags[i].cfg.Node, err))
-		}
-		dv := rr.Results[0]
-		if Quality(dv.Status) != adapters.Good || dv.Value == nil {
-			c.st.writeErrors.Add(1)
-			return adapters.Value{}, deviceError("verify: read %s: %s", c.tags[i].cfg.Node, StatusName(dv.Status))
-		}
-		back, _ := convertVariant(dv.Value)
-		if back != written {
-			c.st.writeErrors.Add(1)
-			return adapters.Value{}, deviceError("verify: wrote %s, the server holds %s", written, back)
-		}
+	return nil
+}
+
+// verify reads tag i's node back and compares it with what was written.
+func (c *Client) verify(ctx context.Context, l *live, i int, node *ua.NodeID, written adapters.Value) error {
+	rr, err := l.cn.cl.Read(ctx, &ua.ReadRequest{NodesToRead: []*ua.ReadValueID{{NodeID: node, AttributeID: ua.AttributeIDValue}},
+		TimestampsToReturn: ua.TimestampsToReturnNeither})
+	if err == nil && (len(rr.Results) != 1 || rr.Results[0] == nil) {
+		err = errors.New("no result")
 	}
-	select { // poll mode: read at once so the new value is published now
-	case c.kick <- struct{}{}:
-	default:
+	if err != nil {
+		return classify(ctx, fmt.Errorf("verify: read %s: %w", c.tags[i].cfg.Node, err))
 	}
-	return written, nil
+	dv := rr.Results[0]
+	if Quality(dv.Status) != adapters.Good || dv.Value == nil {
+		return deviceError("verify: read %s: %s", c.tags[i].cfg.Node, StatusName(dv.Status))
+	}
+	if back, _ := convertVariant(dv.Value); back != written {
+		return deviceError("verify: wrote %s, the server holds %s", written, back)
+	}
+	return nil
 }
 
 // classify maps a request error to timeout or device_error.
@@ -295,6 +342,12 @@ func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 		}
 		return ua.MustVariant(f), nil
 	}
+	return coerceInt(v, dt, name)
+}
+
+// coerceInt converts v to a Variant of the integer type dt (named name),
+// exactly.
+func coerceInt(v adapters.Value, dt uint32, name string) (*ua.Variant, error) {
 	var lo, hi int64 // the range of the signed types up to Int32 and the unsigned ones up to UInt32
 	switch dt {
 	case id.SByte:
@@ -316,7 +369,7 @@ func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 	switch v.Kind() {
 	case adapters.IntKind, adapters.UintKind, adapters.FloatKind:
 	default:
-		return wrong()
+		return nil, adapters.BadValue("%s does not fit the node's data type %s", v, name)
 	}
 	if !v.Whole() {
 		return nil, adapters.BadValue("%s is not a whole number in the range of %s", v, name)
@@ -333,7 +386,7 @@ func coerce(v adapters.Value, dt uint32) (*ua.Variant, error) {
 	i, ok := v.ExactInt()
 	if dt == id.Int64 {
 		if !ok {
-			return nil, adapters.BadValue("%s is out of the range of %s (%d..%d)", v, name, math.MinInt64, math.MaxInt64)
+			return nil, adapters.BadValue("%s is out of the range of %s (%d..%d)", v, name, int64(math.MinInt64), int64(math.MaxInt64))
 		}
 		return ua.MustVariant(i), nil
 	}

@@ -13,6 +13,9 @@ import (
 )
 
 // publisherConfig maps the [mqtt] section onto the publisher's settings.
+// It sets every setting the config has (config/defaults.go fills in what
+// the file leaves out), so the mqtt package's zero-value fallbacks, which
+// exist for tests, never apply in a run.
 func publisherConfig(cfg *config.Config, version string, logger *slog.Logger) (mqtt.Config, error) {
 	m := cfg.MQTT
 	tlsCfg, err := tlsConfig(m)
@@ -32,6 +35,11 @@ func publisherConfig(cfg *config.Config, version string, logger *slog.Logger) (m
 		SessionExpiry:  m.SessionExpiry,
 		ReconnectMin:   m.ReconnectMin,
 		ReconnectMax:   m.ReconnectMax,
+		// The publisher's wait for in-flight publishes and its offline
+		// status at shutdown share the gateway's bound, not a default of
+		// the mqtt package's. (Options.ShutdownGrace, when set, should
+		// replace it too: see startPublisher.)
+		ShutdownGrace: DefaultShutdownGrace,
 		// The session store needs a directory of its own.
 		SessionDir:         filepath.Join(cfg.Gateway.StateDir, "mqtt"),
 		DeadLetterFile:     filepath.Join(cfg.Gateway.StateDir, "deadletter.jsonl"),

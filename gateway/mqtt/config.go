@@ -11,7 +11,11 @@ import (
 	"time"
 )
 
-// Config configures a Publisher. Zero values select the documented defaults.
+// Config configures a Publisher. The gateway sets every field from its
+// config (config/defaults.go is the one place for ferry's defaults; see
+// gateway.publisherConfig). A zero value selects the fallback documented
+// on the field, for tests and other callers that leave it out; the values
+// match config/defaults.go where the config has the setting.
 type Config struct {
 	URL                string // mqtt://host:port or mqtts://host:port (also tcp://, tls://, ssl://)
 	ClientID           string // required; fixed so the broker session resumes
@@ -28,7 +32,7 @@ type Config struct {
 	ReconnectMax   time.Duration // backoff cap; 0 means 30s
 	RetryMin       time.Duration // first retry delay of a refused publish (reason code >= 0x80); 0 means 1s
 	RetryMax       time.Duration // its cap; 0 means 1m
-	ShutdownGrace  time.Duration // how long Run waits for in-flight publishes on shutdown; 0 means 2s
+	ShutdownGrace  time.Duration // how long Run waits for in-flight publishes on shutdown; 0 means 2s (the gateway passes its own, 5s)
 
 	// SessionDir holds the persistent MQTT session (the packets in flight
 	// and the buffer seq each carries). It must be a directory of its own;

@@ -87,31 +87,9 @@ func (p *Publisher) sender(ctx context.Context) {
 			// Read more.
 			replay := p.backlog.Load()
 			connected := p.Connected()
-			var skipped []uint64
-			visited := 0
-			nxt, err := p.log.Scan(next, 256, func(seq uint64, data []byte) error {
-				visited++
-				if seq < p.skipTo && p.skip[seq] {
-					return nil
-				}
-				j, err := p.newJob(seq, data, replay)
-				if err != nil {
-					p.logger.Error("undecodable buffer record skipped", "seq", seq, "err", err)
-					skipped = append(skipped, seq)
-					return nil
-				}
-				ahead = append(ahead, j)
-				return nil
-			})
-			for _, seq := range skipped {
-				p.stats.skipped.Add(1)
-				if err := p.log.Ack(seq); err != nil {
-					p.logger.Error("ack skipped record", "seq", seq, "err", err)
-				}
-			}
-			if visited > 0 {
-				next = nxt
-			}
+			var visited int
+			var err error
+			ahead, next, visited, err = p.readAhead(next, ahead, replay)
 			if err != nil {
 				fails++
 				p.logger.Error("read buffer", "from", next, "err", err)
@@ -148,6 +126,39 @@ func (p *Publisher) sender(ctx context.Context) {
 		}
 		timer.Stop()
 	}
+}
+
+// readAhead reads up to 256 records from next on and appends them to
+// ahead, but for the seqs handled at start (resume) and undecodable
+// records, which are acked and counted. It returns the seq after the last
+// record visited (next when none was) and how many were visited.
+func (p *Publisher) readAhead(next uint64, ahead []*job, replay bool) ([]*job, uint64, int, error) {
+	var skipped []uint64
+	visited := 0
+	nxt, err := p.log.Scan(next, 256, func(seq uint64, data []byte) error {
+		visited++
+		if seq < p.skipTo && p.skip[seq] {
+			return nil
+		}
+		j, err := p.newJob(seq, data, replay)
+		if err != nil {
+			p.logger.Error("undecodable buffer record skipped", "seq", seq, "err", err)
+			skipped = append(skipped, seq)
+			return nil
+		}
+		ahead = append(ahead, j)
+		return nil
+	})
+	for _, seq := range skipped {
+		p.stats.skipped.Add(1)
+		if err := p.log.Ack(seq); err != nil {
+			p.logger.Error("ack skipped record", "seq", seq, "err", err)
+		}
+	}
+	if visited > 0 {
+		next = nxt
+	}
+	return ahead, next, visited, err
 }
 
 // takeQueued returns the next job to send again (session lost, then retries
@@ -259,83 +270,27 @@ func (p *Publisher) send(ctx context.Context, j *job) bool {
 		p.deadLetter(j)
 		return true
 	}
-	errs := 0
-	for {
-		// A slot in the window.
-		p.jmu.Lock()
-		for len(p.pending) >= p.window && p.cfg.QoS > 0 {
-			p.jmu.Unlock()
-			select {
-			case <-p.wake:
-			case <-ctx.Done():
-				return false
-			}
-			p.jmu.Lock()
+	for errs := 1; ; errs++ {
+		if !p.waitSlot(ctx) {
+			return false
 		}
-		p.jmu.Unlock()
 		l := p.awaitLink(ctx)
 		if l == nil {
 			return false
 		}
-		p.jmu.Lock()
-		if len(p.resend) > 0 && p.resend[0].seq < j.seq {
-			// The session was lost while j waited: what was in flight goes
-			// first, j takes its place among it.
-			i, _ := slices.BinarySearchFunc(p.resend, j.seq, func(a *job, s uint64) int { return cmp.Compare(a.seq, s) })
-			p.resend = slices.Insert(p.resend, i, j)
-			p.jmu.Unlock()
+		if p.queueBehindResend(j) {
 			return true
 		}
-		p.jmu.Unlock()
-		if j.replay && p.cfg.MaxReplayRate > 0 {
-			now := time.Now()
-			if p.nextRate.Before(now) {
-				p.nextRate = now
-			}
-			if d := p.nextRate.Sub(now); d > 0 && !sleep(ctx, d) {
-				return false
-			}
-			p.nextRate = p.nextRate.Add(time.Duration(float64(time.Second) / p.cfg.MaxReplayRate))
+		if !p.pace(ctx, j) {
+			return false
 		}
-		if p.cfg.QoS > 0 {
-			p.jmu.Lock()
-			p.pending[j.seq] = j
-			p.jmu.Unlock()
-		}
-		qos, nbytes, replay := j.pub.QoS, uint64(len(j.pub.Topic)+len(j.pub.Payload)), j.replay
-		err := l.publishRecord(ctx, j.seq, j.pub)
-		// From here on j belongs to the completion side if it is in the
-		// session.
-		if err == nil || errors.Is(err, paho.ErrNetworkErrorAfterStored) {
-			p.stats.published[qos].Add(1)
-			p.stats.bytesOut.Add(nbytes)
-			if replay {
-				p.stats.replayed.Add(1)
-			}
-			if qos == 0 {
-				if err == nil {
-					p.ackRecord(j.seq)
-					return true
-				}
-				// QoS 0 not written: try again on the next connection.
-			} else {
-				return true
-			}
-		}
-		if p.cfg.QoS > 0 {
-			p.jmu.Lock()
-			delete(p.pending, j.seq)
-			p.jmu.Unlock()
-		}
-		if errors.Is(err, paho.ErrInvalidArguments) {
-			p.stats.failed.Add(1)
-			p.fail(j, 0, err.Error())
+		done, err := p.publish(ctx, l, j)
+		if done {
 			return true
 		}
 		// Not in the session: the connection is going down, or we are
 		// stopping. Wait for this connection to end (or a moment, in case
 		// it did not) before trying again.
-		errs++
 		p.logger.Debug("publish interrupted", "topic", j.pub.Topic, "seq", j.seq, "err", err)
 		t := time.NewTimer(backoff(errs, 20*time.Millisecond, time.Second))
 		select {
@@ -348,6 +303,94 @@ func (p *Publisher) send(ctx context.Context, j *job) bool {
 			return false
 		}
 	}
+}
+
+// waitSlot waits for a slot in the window of records in flight (at QoS 1
+// and 2); false when ctx is done first.
+func (p *Publisher) waitSlot(ctx context.Context) bool {
+	p.jmu.Lock()
+	defer p.jmu.Unlock()
+	for len(p.pending) >= p.window && p.cfg.QoS > 0 {
+		p.jmu.Unlock()
+		select {
+		case <-p.wake:
+		case <-ctx.Done():
+			p.jmu.Lock()
+			return false
+		}
+		p.jmu.Lock()
+	}
+	return true
+}
+
+// queueBehindResend reports whether j was queued among the records to
+// publish again: the session was lost while j waited, and what was in
+// flight goes first, j taking its place in seq order among it.
+func (p *Publisher) queueBehindResend(j *job) bool {
+	p.jmu.Lock()
+	defer p.jmu.Unlock()
+	if len(p.resend) == 0 || p.resend[0].seq >= j.seq {
+		return false
+	}
+	i, _ := slices.BinarySearchFunc(p.resend, j.seq, func(a *job, s uint64) int { return cmp.Compare(a.seq, s) })
+	p.resend = slices.Insert(p.resend, i, j)
+	return true
+}
+
+// pace waits until a replayed record may go (MaxReplayRate); false when
+// ctx is done first.
+func (p *Publisher) pace(ctx context.Context, j *job) bool {
+	if !j.replay || p.cfg.MaxReplayRate <= 0 {
+		return true
+	}
+	now := time.Now()
+	if p.nextRate.Before(now) {
+		p.nextRate = now
+	}
+	if d := p.nextRate.Sub(now); d > 0 && !sleep(ctx, d) {
+		return false
+	}
+	p.nextRate = p.nextRate.Add(time.Duration(float64(time.Second) / p.cfg.MaxReplayRate))
+	return true
+}
+
+// publish hands j to the session on l. done: j is in the session (it
+// belongs to the completion side from then on), acked (QoS 0), or failed
+// for good; otherwise err says why it must be tried again.
+func (p *Publisher) publish(ctx context.Context, l *link, j *job) (done bool, err error) {
+	if p.cfg.QoS > 0 {
+		p.jmu.Lock()
+		p.pending[j.seq] = j
+		p.jmu.Unlock()
+	}
+	qos, nbytes, replay := j.pub.QoS, uint64(len(j.pub.Topic)+len(j.pub.Payload)), j.replay
+	err = l.publishRecord(ctx, j.seq, j.pub)
+	if err == nil || errors.Is(err, paho.ErrNetworkErrorAfterStored) {
+		p.stats.published[qos].Add(1)
+		p.stats.bytesOut.Add(nbytes)
+		if replay {
+			p.stats.replayed.Add(1)
+		}
+		if qos > 0 {
+			return true, nil
+		}
+		if err == nil {
+			p.ackRecord(j.seq)
+			return true, nil
+		}
+		// QoS 0 not written: try again on the next connection.
+	}
+	if p.cfg.QoS > 0 {
+		p.jmu.Lock()
+		delete(p.pending, j.seq)
+		p.jmu.Unlock()
+	}
+	if errors.Is(err, paho.ErrInvalidArguments) {
+		p.stats.failed.Add(1)
+		p.fail(j, 0, err.Error())
+		return true, nil
+	}
+	return false, err
 }
 
 func (p *Publisher) ackRecord(seq uint64) {

@@ -18,11 +18,14 @@ import (
 
 	"github.com/ferry-gateway/ferry/adapters/modbus"
 	"github.com/ferry-gateway/ferry/buffer"
+	"github.com/ferry-gateway/ferry/gateway/status"
 )
 
-// metricsServer serves /metrics and /healthz on metrics.listen.
+// metricsServer serves /metrics, /healthz, /debug/pprof and the status
+// page (/ and /api/status) on metrics.listen.
 type metricsServer struct {
 	srv  *http.Server
+	addr string // listening on (the port chosen when metrics.listen said :0)
 	done chan struct{}
 }
 
@@ -34,22 +37,33 @@ func (g *Gateway) startMetrics(addr string) (*metricsServer, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		(*gatewayCollector)(g),
 	)
+	g.mu.Lock()
+	mcfg := g.cfg.Metrics
+	g.mu.Unlock()
+	mcfg.Listen = addr
+	auth := statusAuth(mcfg)
+	if !mcfg.Loopback() && !auth.Configured() {
+		return nil, fmt.Errorf("metrics.listen %s is not loopback: set metrics.username and metrics.password_file, or metrics.token_file", addr)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", g.serveHealth)
+	// The status page and its JSON (gateway/status), read-only.
+	mux.Handle("/", auth.Wrap(status.Handler((*statusProvider)(g))))
 	// Profiles of the running gateway (go tool pprof http://ADDR/debug/pprof/heap),
 	// on the same listener, which defaults to loopback.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/pprof/", auth.Wrap(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/cmdline", auth.Wrap(http.HandlerFunc(pprof.Cmdline)))
+	mux.Handle("/debug/pprof/profile", auth.Wrap(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("/debug/pprof/symbol", auth.Wrap(http.HandlerFunc(pprof.Symbol)))
+	mux.Handle("/debug/pprof/trace", auth.Wrap(http.HandlerFunc(pprof.Trace)))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics.listen %s: %w", addr, err)
 	}
 	m := &metricsServer{
 		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
+		addr: ln.Addr().String(),
 		done: make(chan struct{}),
 	}
 	go func() {
@@ -58,7 +72,14 @@ func (g *Gateway) startMetrics(addr string) (*metricsServer, error) {
 			g.logger.Error("metrics endpoint stopped", "listen", addr, "err", err)
 		}
 	}()
-	g.logger.Info("metrics endpoint", "url", "http://"+ln.Addr().String()+"/metrics")
+	base := "http://" + ln.Addr().String()
+	g.logger.Info("metrics endpoint", "url", base+"/metrics")
+	if mcfg.Loopback() {
+		g.logger.Info("status page", "url", base+"/", "json", base+"/api/status", "auth", auth.Describe())
+	} else {
+		g.logger.Warn("status page on a non-loopback address: /, /api/* and /debug/pprof need credentials; /metrics and /healthz are open",
+			"url", base+"/", "json", base+"/api/status", "auth", auth.Describe())
+	}
 	return m, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"time"
 
 	"github.com/ferry-gateway/ferry/config"
 )
@@ -122,6 +123,7 @@ func (g *Gateway) Reload(cfg *config.Config) error {
 			}
 		}
 	}
+	g.sink.page.reloaded(time.Now())
 	g.logger.Info("reload: config applied", "kept", kept, "restarted_or_removed", stopped, "started", started)
 	return nil
 }

@@ -63,6 +63,8 @@ type sink struct {
 	queued       atomic.Int64  // len(retry), read without the lock
 	failingSince atomic.Int64  // unix nanos of the first failure of the current episode; 0 when appends work
 	lost         atomic.Uint64 // records given up: dropped from the queue or refused for good
+
+	page pageState // for the status page (statuspage.go)
 }
 
 // retryLimit bounds the records kept for retry after failed appends.
@@ -94,6 +96,7 @@ type batch struct {
 
 func newSink(cfg *config.Config, log appender, states stater, logger *slog.Logger) *sink {
 	s := &sink{log: log, states: states, logger: logger}
+	s.page.init(time.Now())
 	s.scratch.New = func() any { return new(batch) }
 	s.setRoutes(cfg)
 	return s
@@ -142,6 +145,7 @@ func (s *sink) Readings(rs []adapters.Reading) {
 	if len(rs) == 0 {
 		return
 	}
+	s.page.record(rs)
 	b := s.scratch.Get().(*batch)
 	defer s.scratch.Put(b)
 	b.buf, b.ends, b.recs = b.buf[:0], b.ends[:0], b.recs[:0]

@@ -1,0 +1,268 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-gateway/ferry/adapters/modbus/modbustest"
+	"github.com/ferry-gateway/ferry/gateway/status"
+	"github.com/ferry-gateway/ferry/internal/mosquittotest"
+)
+
+// statusGateway runs a gateway with one Modbus device "press" (tags speed,
+// read-only, and setpoint, writable) on sim, publishing to brokerURL, with
+// the [metrics] section given (whose listen port 0, which the config
+// refuses, is set after loading); it returns the base URL it listens on.
+func statusGateway(t *testing.T, brokerURL string, sim *modbustest.Server, metrics string) (*Gateway, string) {
+	t.Helper()
+	listen, _, _ := strings.Cut(strings.TrimPrefix(metrics, `listen = "`), `"`)
+	metrics = strings.Replace(metrics, listen, strings.TrimSuffix(listen, ":0")+":9", 1)
+	cfg := loadConfig(t, fmt.Sprintf(`
+[gateway]
+id = "line3"
+state_dir = %q
+[mqtt]
+url = %q
+reconnect_max = "200ms"
+[metrics]
+%s
+[[modbus]]
+name = "press"
+url = %q
+interval = "50ms"
+timeout = "200ms"
+retries = 0
+  [[modbus.tag]]
+  name = "speed"
+  table = "holding"
+  address = 0
+  type = "uint16"
+  [[modbus.tag]]
+  name = "setpoint"
+  table = "holding"
+  address = 1
+  type = "uint16"
+  writable = true
+`, t.TempDir(), brokerURL, metrics, sim.URL()))
+	cfg.Metrics.Listen = listen
+	g, err := New(cfg, Options{Version: "test-1.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	g.opts.OnReady = func() { close(ready) }
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Run ended before ready: %v", err)
+	}
+	g.mu.Lock()
+	addr := g.metrics.addr
+	g.mu.Unlock()
+	return g, "http://" + addr
+}
+
+func getStatus(t *testing.T, base string) status.Snapshot {
+	t.Helper()
+	resp, err := http.Get(base + "/api/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /api/status = %d: %s", resp.StatusCode, body)
+	}
+	var s status.Snapshot
+	if err := json.Unmarshal(body, &s); err != nil {
+		t.Fatalf("/api/status: %v\n%s", err, body)
+	}
+	return s
+}
+
+// waitStatus polls /api/status until ok accepts it (what it last saw is
+// in the failure).
+func waitStatus(t *testing.T, base, what string, ok func(status.Snapshot) bool) status.Snapshot {
+	t.Helper()
+	var s status.Snapshot
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if s = getStatus(t, base); ok(s) {
+			return s
+		}
+	}
+	b, _ := json.MarshalIndent(s, "", "  ")
+	t.Fatalf("/api/status never showed %s; last:\n%s", what, b)
+	return s
+}
+
+func tagValue(s status.Snapshot, device, tag string) string {
+	for _, d := range s.Devices {
+		if d.Name != device {
+			continue
+		}
+		for _, tg := range d.Tags {
+			if tg.Name == tag {
+				return string(tg.Value)
+			}
+		}
+	}
+	return ""
+}
+
+func deviceOf(s status.Snapshot, name string) status.Device {
+	for _, d := range s.Devices {
+		if d.Name == name {
+			return d
+		}
+	}
+	return status.Device{}
+}
+
+// TestStatusAPI: /api/status of a running gateway shows the device up with
+// its tags' last values (which follow the device), its rate and cycle
+// time, the device down with its error when the simulator stops, and the
+// buffer filling while the broker is away.
+func TestStatusAPI(t *testing.T) {
+	broker := mosquittotest.Start(t)
+	sim := modbustest.New(t)
+	sim.SetHolding(0, 1450, 70)
+	gw, base := statusGateway(t, broker.URL(), sim, `listen = "127.0.0.1:0"`)
+
+	s := waitStatus(t, base, "press up with speed 1450 and a rate", func(s status.Snapshot) bool {
+		d := deviceOf(s, "press")
+		return d.State == status.StateUp && tagValue(s, "press", "speed") == "1450" && d.ReadingsPerSecond != nil && s.Broker.Connected
+	})
+	g := s.Gateway
+	if g.ID != "line3" || g.Version != "test-1.0" || !strings.HasSuffix(g.ConfigFile, "ferry.toml") || g.Started.IsZero() || g.ConfigLoaded.Before(g.Started) {
+		t.Errorf("gateway %+v", g)
+	}
+	d := deviceOf(s, "press")
+	if d.Protocol != "modbus" || d.IntervalSeconds != 0.05 || d.RequestsPerCycle != 1 || d.ReadingsTotal == 0 || d.CycleSeconds == nil || d.LastGoodRead == nil {
+		t.Errorf("device %+v", d)
+	}
+	if len(d.Tags) != 2 || d.Tags[0].Writable || !d.Tags[1].Writable || d.Tags[0].Quality != "good" || d.Tags[0].Time == nil {
+		t.Errorf("tags %+v", d.Tags)
+	}
+	if s.Buffer.DiskFreeBytes == nil || *s.Buffer.DiskFreeBytes == 0 {
+		t.Errorf("buffer %+v: want the disk free in state_dir", s.Buffer)
+	}
+
+	sim.SetHolding(0, 1500)
+	waitStatus(t, base, "speed 1500", func(s status.Snapshot) bool { return tagValue(s, "press", "speed") == "1500" })
+
+	if err := sim.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	s = waitStatus(t, base, "press down with an error", func(s status.Snapshot) bool {
+		d := deviceOf(s, "press")
+		return d.State == status.StateDown && d.Error != ""
+	})
+	if d := deviceOf(s, "press"); d.StateSince == nil {
+		t.Errorf("down device without state_since: %+v", d)
+	}
+	if err := sim.SetDown(false); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, base, "press up again", func(s status.Snapshot) bool { return deviceOf(s, "press").State == status.StateUp })
+
+	// A reload applied is counted, and its time shown.
+	g2, _ := json.Marshal(g)
+	if err := gw.Reload(gw.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if s := getStatus(t, base); s.Gateway.Reloads != 1 || !s.Gateway.ConfigLoaded.After(g.ConfigLoaded) {
+		t.Errorf("after a reload: gateway %+v, before %s", s.Gateway, g2)
+	}
+
+	broker.Stop()
+	first := waitStatus(t, base, "the broker disconnected", func(s status.Snapshot) bool { return !s.Broker.Connected })
+	waitStatus(t, base, "the buffer growing with an oldest age", func(s status.Snapshot) bool {
+		return s.Buffer.Records > first.Buffer.Records+10 && s.Buffer.OldestAgeSeconds != nil
+	})
+}
+
+// TestStatusAuth: on a non-loopback listen the page, /api/* and
+// /debug/pprof need the configured credentials; /metrics and /healthz do
+// not. On loopback without credentials everything is open.
+func TestStatusAuth(t *testing.T) {
+	broker := mosquittotest.Start(t)
+	sim := modbustest.New(t)
+	dir := t.TempDir()
+	for name, content := range map[string]string{"pass": "s3cret\n", "token": "tok-123\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, open := statusGateway(t, broker.URL(), sim, `listen = "127.0.0.1:0"`)
+	_, guarded := statusGateway(t, broker.URL(), sim, fmt.Sprintf(`listen = "0.0.0.0:0"
+username = "op"
+password_file = %q
+token_file = %q`, filepath.Join(dir, "pass"), filepath.Join(dir, "token")))
+	guarded = strings.Replace(guarded, "0.0.0.0", "127.0.0.1", 1)
+
+	type cred struct{ user, pass, token string }
+	for _, tc := range []struct {
+		name string
+		base string
+		cred cred
+		want map[string]int // path -> status
+	}{
+		{"loopback, no credentials", open, cred{}, map[string]int{"/": 200, "/api/status": 200, "/debug/pprof/": 200, "/metrics": 200}},
+		{"non-loopback, no credentials", guarded, cred{}, map[string]int{"/": 401, "/api/status": 401, "/debug/pprof/": 401, "/debug/pprof/cmdline": 401, "/metrics": 200}},
+		{"non-loopback, basic", guarded, cred{user: "op", pass: "s3cret"}, map[string]int{"/": 200, "/api/status": 200, "/debug/pprof/": 200}},
+		{"non-loopback, bearer", guarded, cred{token: "tok-123"}, map[string]int{"/": 200, "/api/status": 200, "/debug/pprof/": 200}},
+		{"non-loopback, wrong password", guarded, cred{user: "op", pass: "s3cret "}, map[string]int{"/": 401, "/api/status": 401, "/debug/pprof/": 401}},
+		{"non-loopback, wrong token", guarded, cred{token: "tok-1234"}, map[string]int{"/": 401, "/api/status": 401, "/metrics": 200}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for path, want := range tc.want {
+				req, err := http.NewRequest(http.MethodGet, tc.base+path, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tc.cred.user != "" {
+					req.SetBasicAuth(tc.cred.user, tc.cred.pass)
+				}
+				if tc.cred.token != "" {
+					req.Header.Set("Authorization", "Bearer "+tc.cred.token)
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != want {
+					t.Errorf("GET %s = %d, want %d", path, resp.StatusCode, want)
+				}
+			}
+			// /healthz answers with or without credentials (503 while no
+			// device is up yet is an answer too).
+			resp, err := http.Get(tc.base + "/healthz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized {
+				t.Errorf("/healthz needs credentials")
+			}
+		})
+	}
+}

@@ -74,6 +74,7 @@ type cmdTag struct {
 	verify       bool
 	minInterval  time.Duration
 	dev          *cmdDevice
+	lastWrite    time.Time // rate state: the worker of dev's own
 }
 
 // cmdDevice serializes the commands of one device: one queue and one
@@ -89,8 +90,6 @@ type cmdDevice struct {
 	// Guarded by commandRouter.mu.
 	started bool
 	retired string // why the device left the router ("changed", "removed"); "" while in force
-
-	lastWrite map[string]time.Time // by tag; the worker's own
 }
 
 // command is one command in flight.
@@ -216,9 +215,9 @@ func newCommandRouter(cfg *config.Config, mq commandTransport, writers map[strin
 
 // buildTables builds the tables of cfg, compiling each writable tag once
 // through its device's TagWriter. A device of old whose writer is the
-// same keeps its cmdDevice (queue, worker, last writes) and its compiled
-// tags (its config is the same: a changed device gets a new writer); the
-// others of old are returned as retired.
+// same keeps its cmdDevice (queue, worker) and its compiled tags with
+// their last writes (its config is the same: a changed device gets a new
+// writer); the others of old are returned as retired.
 func buildTables(cfg *config.Config, writers map[string]TagWriter, old *cmdTables) (*cmdTables, []*cmdDevice) {
 	tab := &cmdTables{
 		prefix:       cfg.MQTT.TopicPrefix,
@@ -264,7 +263,7 @@ func (tab *cmdTables) addDevice(name string, w TagWriter, old *cmdTables, each f
 		}
 	}
 	d := &cmdDevice{name: name, writer: w, queue: make(chan *command, deviceQueueLen),
-		done: make(chan struct{}), lastWrite: map[string]time.Time{}}
+		done: make(chan struct{})}
 	tags := map[string]*cmdTag{}
 	var readOnly []string
 	each(func(tag string, writable, verify bool, iv time.Duration) {

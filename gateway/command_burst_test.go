@@ -163,17 +163,20 @@ func TestCommandResultQueueFullNoneDropped(t *testing.T) {
 	res := mq.waitN(t, n, time.Minute)
 	seen := map[string]int{}
 	ok := 0
+	notOK := map[string]string{} // an answer of each code other than ok, for the failure message
 	for _, fr := range res {
 		seen[string(fr.correlation)]++
-		if parseResult(t, fr.payload).OK {
+		if r := parseResult(t, fr.payload); r.OK {
 			ok++
+		} else {
+			notOK[r.Error] = string(fr.payload)
 		}
 	}
 	if len(res) != n || len(seen) != n {
 		t.Errorf("%d answers for %d distinct commands, want %d each once", len(res), len(seen), n)
 	}
 	if w := len(sim.Writes()); w != ok {
-		t.Errorf("%d device writes, %d ok answers", w, ok)
+		t.Errorf("%d device writes, %d ok answers; other answers: %v", w, ok, notOK)
 	}
 	if st := r.Stats(); st.Dropped != 0 {
 		t.Errorf("%d answers dropped", st.Dropped)

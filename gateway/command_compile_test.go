@@ -262,3 +262,38 @@ timeout = "20s"
 		t.Fatal(err)
 	}
 }
+
+// The rate limit of a tag (min_write_interval) survives a reload that
+// keeps its device, and starts afresh on a device the reload changed.
+func TestCommandRateAcrossReload(t *testing.T) {
+	sim := modbustest.New(t)
+	cfg := commandConfig(t, sim.URL(), "", "")
+	p := startModbus(t, cfg)
+	mq := newFakeMQ()
+	r := newCommandRouter(cfg, mq, map[string]TagWriter{"plc": p}, nil)
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	send := func(n int) resultJSON {
+		t.Helper()
+		mq.h(msg("ferry/gw/plc/slow/set", fmt.Sprint(n)))
+		return parseResult(t, mq.waitN(t, n, 10*time.Second)[n-1].payload)
+	}
+	if got := send(1); !got.OK {
+		t.Fatalf("first write: %+v", got)
+	}
+	if err := r.update(cfg, map[string]TagWriter{"plc": p}); err != nil {
+		t.Fatal(err)
+	}
+	if got := send(2); got.OK || got.Error != CodeRateLimited {
+		t.Fatalf("second write after a reload that kept the device: %+v, want rate_limited", got)
+	}
+	if err := r.update(cfg, map[string]TagWriter{"plc": startModbus(t, cfg)}); err != nil {
+		t.Fatal(err)
+	}
+	r.startWorkers()
+	if got := send(3); !got.OK {
+		t.Fatalf("write to the changed device: %+v", got)
+	}
+}

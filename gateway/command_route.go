@@ -293,11 +293,11 @@ func (r *commandRouter) execute(c *command) commandResult {
 	}
 	t := c.t
 	now := r.now()
-	last := t.dev.lastWrite[t.name]
+	last := t.lastWrite
 	if t.minInterval > 0 && !last.IsZero() && now.Sub(last) < t.minInterval {
 		return fail(CodeRateLimited, "last write %v ago; min_write_interval is %v", now.Sub(last).Round(time.Millisecond), t.minInterval)
 	}
-	t.dev.lastWrite[t.name] = now
+	t.lastWrite = now
 	ctx, cancel := context.WithTimeout(r.ctx, r.writeTimeout)
 	defer cancel()
 	v, err := t.w.Write(ctx, c.raw, t.verify)

@@ -1,0 +1,78 @@
+package gateway
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-gateway/ferry/adapters/modbus/modbustest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The router's counters scraped in the Prometheus text format: results by
+// code, retained and queued refusals, dropped and failed answers.
+func TestCommandMetrics(t *testing.T) {
+	sim := modbustest.New(t)
+	cfg := commandConfig(t, sim.URL(), "", "")
+	mq := newFakeMQ()
+	r := newCommandRouter(cfg, mq, map[string]TagWriter{"plc": startModbus(t, cfg)}, nil)
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	g := &Gateway{}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister((*commandCollector)(g))
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	scrape := func() string {
+		t.Helper()
+		resp, err := http.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if s := scrape(); strings.Contains(s, "ferry_command") {
+		t.Fatalf("command metrics before the router runs:\n%s", s)
+	}
+	g.cmdStats.Store(r)
+
+	mq.h(msg("ferry/gw/plc/sp/set", "5"))
+	mq.h(msg("ferry/gw/plc/sp/set", "1001"))
+	mq.h(msg("ferry/gw/plc/nope/set", "1"))
+	retained := msg("ferry/gw/plc/sp/set", "6")
+	retained.Retain = true
+	mq.h(retained)
+	queued := msg("ferry/gw/plc/sp/set", "7")
+	queued.Queued, queued.Received = true, time.Now()
+	mq.h(queued)
+	mq.waitN(t, 5, 10*time.Second)
+
+	s := scrape()
+	for _, want := range []string{
+		`ferry_commands_total{result="ok"} 1`,
+		`ferry_commands_total{result="out_of_range"} 1`,
+		`ferry_commands_total{result="unknown_tag"} 1`,
+		`ferry_commands_total{result="expired"} 2`,
+		`ferry_commands_total{result="timeout"} 0`,
+		`ferry_commands_retained_refused_total 1`,
+		`ferry_commands_retained_clear_failures_total 0`,
+		`ferry_commands_queued_refused_total 1`,
+		`ferry_command_results_dropped_total 0`,
+		`ferry_command_results_failed_total 0`,
+	} {
+		if !strings.Contains(s, want+"\n") {
+			t.Errorf("no %s in\n%s", want, s)
+		}
+	}
+}

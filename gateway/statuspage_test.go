@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferry-gateway/ferry/adapters/modbus/modbustest"
+	"github.com/ferry-gateway/ferry/adapters/opcua/opcuatest"
 	"github.com/ferry-gateway/ferry/gateway/status"
 	"github.com/ferry-gateway/ferry/internal/mosquittotest"
 )
@@ -21,7 +22,7 @@ import (
 // read-only, and setpoint, writable) on sim, publishing to brokerURL, with
 // the [metrics] section given (whose listen port 0, which the config
 // refuses, is set after loading); it returns the base URL it listens on.
-func statusGateway(t *testing.T, brokerURL string, sim *modbustest.Server, metrics string) (*Gateway, string) {
+func statusGateway(t *testing.T, brokerURL string, sim *modbustest.Server, metrics string, moreDevices ...string) (*Gateway, string) {
 	t.Helper()
 	listen, _, _ := strings.Cut(strings.TrimPrefix(metrics, `listen = "`), `"`)
 	metrics = strings.Replace(metrics, listen, strings.TrimSuffix(listen, ":0")+":9", 1)
@@ -51,7 +52,7 @@ retries = 0
   address = 1
   type = "uint16"
   writable = true
-`, t.TempDir(), brokerURL, metrics, sim.URL()))
+`+strings.Join(moreDevices, "\n"), t.TempDir(), brokerURL, metrics, sim.URL()))
 	cfg.Metrics.Listen = listen
 	g, err := New(cfg, Options{Version: "test-1.0"})
 	if err != nil {
@@ -265,4 +266,32 @@ token_file = %q`, filepath.Join(dir, "pass"), filepath.Join(dir, "token")))
 			}
 		})
 	}
+}
+
+// TestStatusOPCUA: an OPC UA device has its row too: subscribed (no poll
+// interval, no Modbus figures), its tags' values following the server.
+func TestStatusOPCUA(t *testing.T) {
+	broker := mosquittotest.Start(t)
+	osim := opcuatest.New()
+	osim.Add("temp", float64(21.5))
+	if err := osim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer osim.Close()
+	_, base := statusGateway(t, broker.URL(), modbustest.New(t), `listen = "127.0.0.1:0"`, fmt.Sprintf(`
+[[opcua]]
+name = "oven"
+endpoint = %q
+  [[opcua.tag]]
+  name = "temp"
+  node = "nsu=urn:ferry:opcuatest;s=temp"
+`, osim.URL()))
+	s := waitStatus(t, base, "oven up with temp 21.5", func(s status.Snapshot) bool {
+		return deviceOf(s, "oven").State == status.StateUp && tagValue(s, "oven", "temp") == "21.5"
+	})
+	if d := deviceOf(s, "oven"); d.Protocol != "opcua" || d.IntervalSeconds != 0 || d.RequestsPerCycle != 0 || d.CycleSeconds != nil || len(d.Tags) != 1 || d.Tags[0].Writable {
+		t.Errorf("oven %+v", d)
+	}
+	osim.Set("temp", float64(22.25))
+	waitStatus(t, base, "temp 22.25", func(s status.Snapshot) bool { return tagValue(s, "oven", "temp") == "22.25" })
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -296,4 +297,87 @@ func TestCommandRateAcrossReload(t *testing.T) {
 	if got := send(3); !got.OK {
 		t.Fatalf("write to the changed device: %+v", got)
 	}
+}
+
+// A changed [mqtt] replaces the publisher: the router subscribes through
+// the new one before it connects (attach), so commands are answered after
+// the switch, on the same topics and on a new topic prefix.
+func TestCommandsAfterPublisherReplaced(t *testing.T) {
+	broker := mosquittotest.Start(t, mosquittotest.WithLogTypes("error"))
+	sim := modbustest.New(t)
+	cfg := loadConfig(t, fmt.Sprintf(`
+[gateway]
+id = "gw"
+state_dir = %q
+[mqtt]
+url = %q
+[metrics]
+listen = ""
+[[modbus]]
+name = "plc"
+url = %q
+interval = "1h"
+  [[modbus.tag]]
+  name = "sp"
+  table = "holding"
+  address = 0
+  type = "uint16"
+  writable = true
+`, t.TempDir(), broker.URL(), sim.URL()))
+	g, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	c := newCommander(t, broker.Addr())
+	answered := func(topic, value string) {
+		t.Helper()
+		c.mu.Lock()
+		clear(c.got)
+		c.mu.Unlock()
+		for i := 0; ; i++ {
+			// With a Message Expiry: a command the broker held for ferry
+			// during the switch has a known age and is carried out.
+			c.send(t, topic, value, fmt.Sprint(topic, i), 60)
+			if waitAnswers(c, 1, 500*time.Millisecond) > 0 {
+				break
+			}
+			if i == 40 {
+				t.Fatalf("no answer on %s", topic)
+			}
+		}
+		c.mu.Lock()
+		for _, r := range c.got {
+			if !strings.Contains(string(r.payload), `"ok":true`) {
+				t.Errorf("command on %s: %s", topic, r.payload)
+			}
+		}
+		c.mu.Unlock()
+		if w := sim.Registers(config.TableHolding, 0, 1); fmt.Sprint(w[0]) != value {
+			t.Errorf("after a command on %s the register holds %d, want %s", topic, w[0], value)
+		}
+	}
+	answered("ferry/gw/plc/sp/set", "11")
+
+	same := *cfg
+	same.MQTT.KeepAlive = cfg.MQTT.KeepAlive + time.Second
+	old := g.pub.Load()
+	if err := g.Reload(&same); err != nil {
+		t.Fatal(err)
+	}
+	if g.pub.Load() == old {
+		t.Fatal("the publisher was not replaced")
+	}
+	answered("ferry/gw/plc/sp/set", "12")
+
+	moved := same
+	moved.MQTT.TopicPrefix = "plant/ops"
+	if err := g.Reload(&moved); err != nil {
+		t.Fatal(err)
+	}
+	answered("plant/ops/plc/sp/set", "13")
 }

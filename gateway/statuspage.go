@@ -89,7 +89,7 @@ func (p *pageState) watch(now time.Time) {
 type statusProvider Gateway
 
 // Snapshot implements status.Provider.
-func (sp *statusProvider) Snapshot() status.Snapshot {
+func (sp *statusProvider) Snapshot(q status.Query) status.Snapshot {
 	g := (*Gateway)(sp)
 	page := &g.sink.page
 	now := time.Now()
@@ -152,8 +152,10 @@ func (sp *statusProvider) Snapshot() status.Snapshot {
 			sd.IntervalSeconds = dc.modbus.Interval.Seconds()
 			sd.RequestsPerCycle = d.poller.Plan().NumRequests()
 			c = deviceCounters{readings: st.Delivered, cycles: st.CycleTime.Count, cycleTotal: st.CycleTime.Sum}
-			for _, t := range dc.modbus.Tags {
-				sd.Tags = append(sd.Tags, status.Tag{Name: t.Name, Writable: t.Writable})
+			if q.WantTags(dc.name) {
+				for _, t := range dc.modbus.Tags {
+					sd.Tags = append(sd.Tags, status.Tag{Name: t.Name, Writable: t.Writable})
+				}
 			}
 		case d.client != nil:
 			st := d.client.Stats()
@@ -162,8 +164,10 @@ func (sp *statusProvider) Snapshot() status.Snapshot {
 				sd.IntervalSeconds = dc.opcua.Interval.Seconds()
 			}
 			c = deviceCounters{readings: st.Readings}
-			for _, t := range dc.opcua.Tags {
-				sd.Tags = append(sd.Tags, status.Tag{Name: t.Name, Writable: t.Writable})
+			if q.WantTags(dc.name) {
+				for _, t := range dc.opcua.Tags {
+					sd.Tags = append(sd.Tags, status.Tag{Name: t.Name, Writable: t.Writable})
+				}
 			}
 		}
 		sd.ReadingsTotal = c.readings

@@ -90,7 +90,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		var v pageView
 		var dom string
 		for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); {
-			dom = chromiumDOM(t, chromium, base+"/")
+			dom = chromiumDOM(t, chromium, base+"/#press")
 			if v = readPage(dom); ok(v) {
 				return v
 			}

@@ -80,9 +80,9 @@ retries = 0
 	return g, "http://" + addr
 }
 
-func getStatus(t *testing.T, base string) status.Snapshot {
+func getStatus(t *testing.T, base string, query ...string) status.Snapshot {
 	t.Helper()
-	resp, err := http.Get(base + "/api/status")
+	resp, err := http.Get(base + "/api/status" + strings.Join(query, ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +160,9 @@ func TestStatusAPI(t *testing.T) {
 	}
 	if len(d.Tags) != 2 || d.Tags[0].Writable || !d.Tags[1].Writable || d.Tags[0].Quality != "good" || d.Tags[0].Time == nil {
 		t.Errorf("tags %+v", d.Tags)
+	}
+	if d := deviceOf(getStatus(t, base, "?tags="), "press"); d.Tags != nil || d.State != status.StateUp {
+		t.Errorf("?tags= gives press %+v, want it without tags", d)
 	}
 	if s.Buffer.DiskFreeBytes == nil || *s.Buffer.DiskFreeBytes == 0 {
 		t.Errorf("buffer %+v: want the disk free in state_dir", s.Buffer)

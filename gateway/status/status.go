@@ -12,20 +12,47 @@ import (
 	_ "embed"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"time"
 )
 
 // Provider builds the status of the running gateway. Snapshot is called
 // once per request to /api/status, from the HTTP server's goroutines.
 type Provider interface {
-	Snapshot() Snapshot
+	Snapshot(Query) Snapshot
 }
 
 // ProviderFunc adapts a function to a Provider.
-type ProviderFunc func() Snapshot
+type ProviderFunc func(Query) Snapshot
 
 // Snapshot calls f.
-func (f ProviderFunc) Snapshot() Snapshot { return f() }
+func (f ProviderFunc) Snapshot(q Query) Snapshot { return f(q) }
+
+// Query is what a request asks of a Snapshot.
+type Query struct {
+	// Tags names the devices whose tags to include; nil means every
+	// device's. From ?tags=DEV1,DEV2 (an empty list asks for none): the
+	// page asks only for the devices it shows opened.
+	Tags map[string]bool
+}
+
+// WantTags reports whether the tags of device are asked for.
+func (q Query) WantTags(device string) bool { return q.Tags == nil || q.Tags[device] }
+
+func parseQuery(r *http.Request) Query {
+	var q Query
+	if v, ok := r.URL.Query()["tags"]; ok {
+		q.Tags = map[string]bool{}
+		for _, list := range v {
+			for _, name := range strings.Split(list, ",") {
+				if name != "" {
+					q.Tags[name] = true
+				}
+			}
+		}
+	}
+	return q
+}
 
 // Snapshot is the body of GET /api/status.
 type Snapshot struct {
@@ -109,7 +136,8 @@ type Device struct {
 	// LastGoodRead is the sample time of the newest good reading seen
 	// since the page started watching; absent before.
 	LastGoodRead *time.Time `json:"last_good_read,omitempty"`
-	Tags         []Tag      `json:"tags"`
+	// Tags are absent when the request did not ask for them (?tags=).
+	Tags []Tag `json:"tags,omitempty"`
 }
 
 // Tag is one tag of a device with its last value. Value, Quality and Time
@@ -145,7 +173,8 @@ type Command struct {
 //go:embed index.html
 var indexHTML []byte
 
-// Handler serves GET / (the page) and GET /api/status (JSON). Mount it
+// Handler serves GET / (the page) and GET /api/status[?tags=DEV,...]
+// (JSON). Mount it
 // at "/" and "/api/"; anything else under it is 404. It serves no write.
 func Handler(p Provider) http.Handler {
 	mux := http.NewServeMux()
@@ -158,8 +187,8 @@ func Handler(p Provider) http.Handler {
 		h.Set("X-Content-Type-Options", "nosniff")
 		_, _ = w.Write(indexHTML)
 	})
-	mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, _ *http.Request) {
-		b, err := json.Marshal(p.Snapshot())
+	mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, r *http.Request) {
+		b, err := json.Marshal(p.Snapshot(parseQuery(r)))
 		if err != nil {
 			http.Error(w, "encode status: "+err.Error(), http.StatusInternalServerError)
 			return

@@ -20,7 +20,7 @@ func ptr[T any](v T) *T { return &v }
 
 // fixedSnapshot has every field set, and one device with the optional
 // figures absent, as a gateway gives them before its second request.
-func fixedSnapshot() Snapshot {
+func fixedSnapshot(Query) Snapshot {
 	t0 := time.Date(2026, 12, 4, 16, 0, 0, 0, time.UTC)
 	return Snapshot{
 		Time: t0.Add(time.Hour),
@@ -126,7 +126,7 @@ func TestPage(t *testing.T) {
 		t.Fatalf("GET / = %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 	page := string(body)
-	for _, want := range []string{"<script>", `fetch("api/status"`, `id="devices"`, "<svg"} {
+	for _, want := range []string{"<script>", `fetch("api/status?tags="`, `id="devices"`, "<svg"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)
 		}
@@ -224,7 +224,7 @@ func TestAuth(t *testing.T) {
 
 // TestManyTags: 10,000 tags with values stay under 2 MB of JSON.
 func TestManyTags(t *testing.T) {
-	s := fixedSnapshot()
+	s := fixedSnapshot(Query{})
 	ts := s.Time
 	for d := range 10 {
 		dev := Device{Name: "meter" + string(rune('a'+d)), Protocol: "modbus", State: StateUp}
@@ -233,9 +233,35 @@ func TestManyTags(t *testing.T) {
 		}
 		s.Devices = append(s.Devices, dev)
 	}
-	resp := get(t, Handler(ProviderFunc(func() Snapshot { return s })), "/api/status")
+	resp := get(t, Handler(ProviderFunc(func(Query) Snapshot { return s })), "/api/status")
 	b, _ := io.ReadAll(resp.Body)
 	if len(b) > 2<<20 {
 		t.Errorf("/api/status with 10,000 tags is %d bytes, want under 2 MiB", len(b))
+	}
+}
+
+// TestQueryTags: ?tags= names the devices whose tags the provider is
+// asked for; without it, every device's.
+func TestQueryTags(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		want map[string]bool // WantTags for press, oven, "" (none)
+	}{
+		{"/api/status", map[string]bool{"press": true, "oven": true}},
+		{"/api/status?tags=", map[string]bool{"press": false, "oven": false}},
+		{"/api/status?tags=press", map[string]bool{"press": true, "oven": false}},
+		{"/api/status?tags=press,oven", map[string]bool{"press": true, "oven": true}},
+		{"/api/status?tags=oven&tags=x", map[string]bool{"press": false, "oven": true}},
+	} {
+		var got Query
+		h := Handler(ProviderFunc(func(q Query) Snapshot { got = q; return fixedSnapshot(q) }))
+		if r := get(t, h, tc.path); r.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s = %d", tc.path, r.StatusCode)
+		}
+		for dev, want := range tc.want {
+			if got.WantTags(dev) != want {
+				t.Errorf("GET %s: WantTags(%q) = %v, want %v", tc.path, dev, !want, want)
+			}
+		}
 	}
 }

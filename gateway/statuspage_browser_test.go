@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,12 +36,14 @@ func chromiumDOM(t *testing.T, chromium, url string) string {
 }
 
 var (
-	deviceRow = regexp.MustCompile(`(?s)<tr[^>]*data-device="([^"]+)"[^>]*>(.*?)</tr>`)
-	stateCell = regexp.MustCompile(`<td class="state state-[a-z]+">([a-z]+)</td>`)
-	errorCell = regexp.MustCompile(`<td class="error">([^<]*)</td>`)
-	tagRow    = regexp.MustCompile(`(?s)<tr data-tag="([^"]+)">(.*?)</tr>`)
-	valueCell = regexp.MustCompile(`<td class="value num">([^<]*)</td>`)
-	sparkLine = regexp.MustCompile(`<svg id="spark-buffer"[^>]*><polyline points="[0-9.,]+`)
+	deviceRow  = regexp.MustCompile(`(?s)<tr[^>]*data-device="([^"]+)"[^>]*>(.*?)</tr>`)
+	stateCell  = regexp.MustCompile(`<td class="state state-[a-z]+">([a-z]+)</td>`)
+	errorCell  = regexp.MustCompile(`<td class="error">([^<]*)</td>`)
+	tagRow     = regexp.MustCompile(`(?s)<tr data-tag="([^"]+)">(.*?)</tr>`)
+	valueCell  = regexp.MustCompile(`<td class="value num">([^<]*)</td>`)
+	bufferRecs = regexp.MustCompile(`<dl id="buffer-dl"><dt>records</dt><dd[^>]*>([0-9]+)</dd>`)
+	brokerSt   = regexp.MustCompile(`<span id="broker-state" class="state state-[a-z]+">([a-z]+)</span>`)
+	sparkLine  = regexp.MustCompile(`<svg id="spark-buffer"[^>]*><polyline points="[0-9.,]+`)
 )
 
 // pageView is what the rendered page shows of the device "press".
@@ -48,10 +51,18 @@ type pageView struct {
 	state, err string
 	values     map[string]string // tag -> value cell
 	spark      bool              // the buffer sparkline is drawn
+	broker     string            // connected, disconnected
+	records    int               // buffer depth
 }
 
 func readPage(dom string) pageView {
-	v := pageView{values: map[string]string{}, spark: sparkLine.MatchString(dom)}
+	v := pageView{values: map[string]string{}, spark: sparkLine.MatchString(dom), records: -1}
+	if m := brokerSt.FindStringSubmatch(dom); m != nil {
+		v.broker = m[1]
+	}
+	if m := bufferRecs.FindStringSubmatch(dom); m != nil {
+		v.records, _ = strconv.Atoi(m[1])
+	}
 	for _, m := range deviceRow.FindAllStringSubmatch(dom, -1) {
 		if m[1] != "press" {
 			continue
@@ -73,8 +84,9 @@ func readPage(dom string) pageView {
 
 // TestStatusPageInBrowser: the page of a running gateway, rendered by a
 // real browser (Debian's chromium, headless), shows the device up with its
-// tag's value, the new value after the register changes, and the device
-// down with its error once the simulator stops answering.
+// tag's value, the new value after the register changes, the device down
+// with its error once the simulator stops answering, and the buffer
+// growing while the broker is stopped.
 func TestStatusPageInBrowser(t *testing.T) {
 	chromium, err := exec.LookPath("chromium")
 	if err != nil {
@@ -117,4 +129,12 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPage("press down with its error", func(v pageView) bool { return v.state == "down" && v.err != "" })
+	if err := sim.SetDown(false); err != nil {
+		t.Fatal(err)
+	}
+
+	// The broker goes away: the page says so, and the buffer fills.
+	broker.Stop()
+	v = waitPage("the broker disconnected", func(v pageView) bool { return v.broker == "disconnected" && v.records >= 0 })
+	waitPage("the buffer growing", func(w pageView) bool { return w.state == "up" && w.records > v.records+10 })
 }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ferry-gateway/ferry/adapters/modbus/modbustest"
+	"github.com/ferry-gateway/ferry/internal/mosquittotest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -74,5 +76,46 @@ func TestCommandMetrics(t *testing.T) {
 		if !strings.Contains(s, want+"\n") {
 			t.Errorf("no %s in\n%s", want, s)
 		}
+	}
+}
+
+// A running gateway's /metrics has the command metrics.
+func TestCommandMetricsScraped(t *testing.T) {
+	broker := mosquittotest.Start(t, mosquittotest.WithLogTypes("error"))
+	sim := modbustest.New(t)
+	_, base := statusGateway(t, broker.URL(), sim, `listen = "127.0.0.1:0"`)
+	c := newCommander(t, broker.Addr())
+	for i := 0; ; i++ { // until ferry has subscribed
+		c.send(t, "ferry/line3/press/setpoint/set", "5", fmt.Sprint("probe", i), 60)
+		if waitAnswers(c, 1, 500*time.Millisecond) > 0 {
+			break
+		}
+		if i == 40 {
+			t.Fatal("ferry did not answer a command")
+		}
+	}
+	c.send(t, "ferry/line3/press/speed/set", "5", "ro", 60)
+	c.wait(t, "ro", 10*time.Second)
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for _, want := range []string{
+		`ferry_commands_total{result="not_writable"} 1` + "\n",
+		`ferry_commands_retained_refused_total 0` + "\n",
+		`ferry_command_results_dropped_total 0` + "\n",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("no %q in /metrics", want)
+		}
+	}
+	if !strings.Contains(s, `ferry_commands_total{result="ok"} `) || strings.Contains(s, `ferry_commands_total{result="ok"} 0`+"\n") {
+		t.Errorf("no ok command counted in /metrics:\n%s", s)
 	}
 }

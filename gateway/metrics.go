@@ -36,6 +36,7 @@ func (g *Gateway) startMetrics(addr string) (*metricsServer, error) {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		(*gatewayCollector)(g),
+		(*commandCollector)(g),
 	)
 	g.mu.Lock()
 	mcfg := g.cfg.Metrics

@@ -15,11 +15,7 @@ import (
 func (g *Gateway) commandWriters() map[string]TagWriter {
 	writers := make(map[string]TagWriter, len(g.devices))
 	for name, d := range g.devices {
-		if d.poller != nil {
-			writers[name] = d.poller
-		} else {
-			writers[name] = d.client
-		}
+		writers[name] = d.writer()
 	}
 	return writers
 }
@@ -44,11 +40,21 @@ func (g *Gateway) startCommands() error {
 // switched: it returns once no write is running on a device that a reload
 // changes or removes (their queued commands are answered device_error).
 // Commands to kept devices stay queued; commands to changed devices wait
-// until startCommandWorkers. writers are the TagWriters after the reload:
-// those of kept devices and of the fresh ones. g.mu held.
-func (g *Gateway) reloadCommands(cfg *config.Config, writers map[string]TagWriter) error {
+// until startCommandWorkers. The writers after the reload are those of
+// the running devices that keep says stay and fresh does not replace,
+// and those of fresh. g.mu held.
+func (g *Gateway) reloadCommands(cfg *config.Config, keep map[string]bool, fresh map[string]*device) error {
 	if g.commands == nil {
 		return nil
+	}
+	writers := g.commandWriters()
+	for name := range writers {
+		if !keep[name] || fresh[name] != nil {
+			delete(writers, name)
+		}
+	}
+	for name, d := range fresh {
+		writers[name] = d.writer()
 	}
 	return g.commands.update(cfg, writers)
 }
@@ -79,4 +85,12 @@ func (g *Gateway) CommandStats() (CommandStats, bool) {
 		return CommandStats{}, false
 	}
 	return r.Stats(), true
+}
+
+// writer is the device's adapter as the command router sees it.
+func (d *device) writer() TagWriter {
+	if d.poller != nil {
+		return d.poller
+	}
+	return d.client
 }

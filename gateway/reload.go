@@ -61,20 +61,7 @@ func (g *Gateway) Reload(cfg *config.Config) error {
 	// The command router outlives the reload. Hand it the new tables
 	// first: it returns once no write runs on a device that is about to
 	// stop; commands queued for kept devices stay queued.
-	writers := g.commandWriters()
-	for name := range writers {
-		if !keep[name] || fresh[name] != nil {
-			delete(writers, name)
-		}
-	}
-	for name, d := range fresh {
-		if d.poller != nil {
-			writers[name] = d.poller
-		} else {
-			writers[name] = d.client
-		}
-	}
-	if err := g.reloadCommands(&next, writers); err != nil {
+	if err := g.reloadCommands(&next, keep, fresh); err != nil {
 		g.logger.Error("reload: command subscription not changed", "err", err)
 	}
 	g.cfg = &next

@@ -302,7 +302,7 @@ func (p *Publisher) up(l *link, ca *paho.Connack) {
 	if p.cfg.StatusTopic != "" {
 		p.setState(p.cfg.StatusTopic, p.statusPayload(true, time.Now()))
 	} else {
-		ring(p.stateBell)
+		ring(p.states.bell)
 	}
 }
 

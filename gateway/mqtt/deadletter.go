@@ -268,7 +268,7 @@ func (p *Publisher) announce(j *job) {
 			seqs: [][2]uint64{{j.seq, j.seq}}, count: 1, ts: now})
 	}
 	p.jmu.Unlock()
-	ring(p.stateBell)
+	ring(p.states.bell)
 }
 
 // takeNotices returns the queued notices.

@@ -62,35 +62,33 @@ type Stats struct {
 // Publisher drains a Log to an MQTT broker. Create it with New and run it
 // with Run; the other methods may be called from any goroutine.
 type Publisher struct {
-	cfg       Config
-	ep        endpoint
-	log       Log
-	logger    *slog.Logger
-	store     *session.Store
-	sess      *state.State // shared by all connections
-	running   atomic.Bool
-	backlog   atomic.Bool // records read now are history (after an outage or at start): user property replay=true
-	stateBell chan struct{}
-	wake      chan struct{} // wakes the sender: an ack, a failure, a connection
-	ahead     int           // maxAhead (smaller in tests)
-	dl        *deadLetter
-	deadCh    chan *job   // to deadWriter; nil without dl
-	payloads  sync.Pool   // *[]byte: payload buffers of delivered jobs
-	refusals  *logLimiter // refusal and dead-letter log lines, per topic
+	cfg      Config
+	ep       endpoint
+	log      Log
+	logger   *slog.Logger
+	store    *session.Store
+	sess     *state.State // shared by all connections
+	running  atomic.Bool
+	backlog  atomic.Bool   // records read now are history (after an outage or at start): user property replay=true
+	states   *stateSet     // see state.go
+	wake     chan struct{} // wakes the sender: an ack, a failure, a connection
+	ahead    int           // maxAhead (smaller in tests)
+	dl       *deadLetter
+	deadCh   chan *job   // to deadWriter; nil without dl
+	payloads sync.Pool   // *[]byte: payload buffers of delivered jobs
+	refusals *logLimiter // refusal and dead-letter log lines, per topic
 
-	mu        sync.Mutex
-	cli       *paho.Client  // nil while down
-	link      *link         // the connection cli belongs to; nil while down
-	conn      net.Conn      // the current connection, for tests
-	connUp    chan struct{} // closed while connected; replaced when down
-	epoch     uint64        // incremented before every connection attempt
-	connSeq   uint64        // number of successful connections
-	states    map[string]*stateEntry
-	stateKeys []string     // insertion order; status first
-	epochMu   sync.RWMutex // write-held while switching connections; see sessionGate
-	discMu    sync.Mutex
-	discs     map[string]uint64
-	rcodes    map[byte]uint64
+	mu      sync.Mutex
+	cli     *paho.Client  // nil while down
+	link    *link         // the connection cli belongs to; nil while down
+	conn    net.Conn      // the current connection, for tests
+	connUp  chan struct{} // closed while connected; replaced when down
+	epoch   uint64        // incremented before every connection attempt
+	connSeq uint64        // number of successful connections
+	epochMu sync.RWMutex  // write-held while switching connections; see sessionGate
+	discMu  sync.Mutex
+	discs   map[string]uint64
+	rcodes  map[byte]uint64
 
 	// jmu guards the jobs in the session and the queues of jobs to send
 	// again. Held briefly; never across I/O.
@@ -148,24 +146,23 @@ func New(cfg Config, log Log) (*Publisher, error) {
 	// store's pending records before each socket write.
 	st.SetDeferPuts(cfg.QoS > 0)
 	p := &Publisher{
-		cfg:       cfg,
-		ep:        ep,
-		log:       log,
-		logger:    logger,
-		store:     st,
-		sess:      state.New(st, memory.New()),
-		stateBell: make(chan struct{}, 1),
-		wake:      make(chan struct{}, 1),
-		connUp:    make(chan struct{}),
-		states:    make(map[string]*stateEntry),
-		discs:     map[string]uint64{},
-		rcodes:    map[byte]uint64{},
-		pending:   map[uint64]*job{},
-		window:    cfg.MaxInflight,
-		skip:      map[uint64]bool{},
-		holds:     map[string]*topicHold{},
-		ahead:     maxAhead,
-		refusals:  newLogLimiter(logEvery),
+		cfg:      cfg,
+		ep:       ep,
+		log:      log,
+		logger:   logger,
+		store:    st,
+		sess:     state.New(st, memory.New()),
+		states:   newStateSet(),
+		wake:     make(chan struct{}, 1),
+		connUp:   make(chan struct{}),
+		discs:    map[string]uint64{},
+		rcodes:   map[byte]uint64{},
+		pending:  map[uint64]*job{},
+		window:   cfg.MaxInflight,
+		skip:     map[uint64]bool{},
+		holds:    map[string]*topicHold{},
+		ahead:    maxAhead,
+		refusals: newLogLimiter(logEvery),
 	}
 	if cfg.DeadLetterFile != "" {
 		p.dl = &deadLetter{path: cfg.DeadLetterFile}

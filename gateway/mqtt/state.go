@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -11,11 +12,74 @@ import (
 	"github.com/ferry-gateway/ferry/gateway/record"
 )
 
+// stateSet holds the retained state messages (status and PublishState):
+// the latest payload per topic and what was published on which
+// connection. It has its own lock, never held across I/O; stateLoop and
+// publishOffline do the publishing.
+type stateSet struct {
+	mu      sync.Mutex
+	entries map[string]*stateEntry
+	keys    []string      // insertion order; status first
+	bell    chan struct{} // rung on every change (capacity 1)
+}
+
 type stateEntry struct {
 	payload     []byte
 	version     uint64
 	sentVersion uint64
 	sentConn    uint64 // connSeq it was last published on
+}
+
+// stateMsg is a state message to publish: version of topic's payload.
+type stateMsg struct {
+	topic   string
+	payload []byte
+	version uint64
+}
+
+func newStateSet() *stateSet {
+	return &stateSet{entries: map[string]*stateEntry{}, bell: make(chan struct{}, 1)}
+}
+
+// set makes payload the state of topic and rings the bell.
+func (s *stateSet) set(topic string, payload []byte) {
+	s.mu.Lock()
+	e := s.entries[topic]
+	if e == nil {
+		e = &stateEntry{}
+		s.entries[topic] = e
+		s.keys = append(s.keys, topic)
+	}
+	e.payload = append([]byte(nil), payload...)
+	e.version++
+	s.mu.Unlock()
+	ring(s.bell)
+}
+
+// unsent returns the state messages not yet published (in their latest
+// version) on connection conn, in insertion order; at most limit (0: all).
+func (s *stateSet) unsent(conn uint64, limit int) []stateMsg {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []stateMsg
+	for _, k := range s.keys {
+		if e := s.entries[k]; e.sentConn != conn || e.sentVersion != e.version {
+			out = append(out, stateMsg{k, e.payload, e.version})
+			if len(out) == limit {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// sent records that version of topic was published on connection conn.
+func (s *stateSet) sent(m stateMsg, conn uint64) {
+	s.mu.Lock()
+	if e := s.entries[m.topic]; e != nil {
+		e.sentVersion, e.sentConn = m.version, conn
+	}
+	s.mu.Unlock()
 }
 
 // PublishState sets the retained state message of topic (QoS 1, not
@@ -26,17 +90,7 @@ func (p *Publisher) PublishState(topic string, payload []byte) {
 }
 
 func (p *Publisher) setState(topic string, payload []byte) {
-	p.mu.Lock()
-	e := p.states[topic]
-	if e == nil {
-		e = &stateEntry{}
-		p.states[topic] = e
-		p.stateKeys = append(p.stateKeys, topic)
-	}
-	e.payload = append([]byte(nil), payload...)
-	e.version++
-	p.mu.Unlock()
-	ring(p.stateBell)
+	p.states.set(topic, payload)
 }
 
 // stateLoop publishes the state messages (status and PublishState) that are
@@ -47,7 +101,7 @@ func (p *Publisher) stateLoop(ctx context.Context) {
 	defer retry.Stop()
 	for {
 		select {
-		case <-p.stateBell:
+		case <-p.states.bell:
 		case <-retry.C:
 		case <-ctx.Done():
 			return
@@ -55,22 +109,12 @@ func (p *Publisher) stateLoop(ctx context.Context) {
 		for ctx.Err() == nil {
 			p.mu.Lock()
 			cli, conn := p.cli, p.connSeq
-			var (
-				topic   string
-				payload []byte
-				version uint64
-			)
-			if cli != nil {
-				for _, k := range p.stateKeys {
-					e := p.states[k]
-					if e.sentConn != conn || e.sentVersion != e.version {
-						topic, payload, version = k, e.payload, e.version
-						break
-					}
-				}
-			}
 			p.mu.Unlock()
-			if topic == "" {
+			var next []stateMsg
+			if cli != nil {
+				next = p.states.unsent(conn, 1)
+			}
+			if len(next) == 0 {
 				if cli != nil {
 					nctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 					if !p.publishNotices(nctx, cli) {
@@ -80,23 +124,20 @@ func (p *Publisher) stateLoop(ctx context.Context) {
 				}
 				break
 			}
+			m := next[0]
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			resp, err := cli.Publish(pctx, &paho.Publish{Topic: topic, QoS: 1, Retain: true, Payload: payload})
+			resp, err := cli.Publish(pctx, &paho.Publish{Topic: m.topic, QoS: 1, Retain: true, Payload: m.payload})
 			cancel()
 			if resp != nil && resp.ReasonCode >= 0x80 {
-				p.logger.Warn("broker refused state message", "topic", topic, "reason_code", fmt.Sprintf("%#02x", resp.ReasonCode))
+				p.logger.Warn("broker refused state message", "topic", m.topic, "reason_code", fmt.Sprintf("%#02x", resp.ReasonCode))
 				err = nil // do not retry on this connection
 			}
 			if err != nil {
-				p.logger.Debug("state message not published; retrying", "topic", topic, "err", err)
+				p.logger.Debug("state message not published; retrying", "topic", m.topic, "err", err)
 				retry.Reset(time.Second)
 				break
 			}
-			p.mu.Lock()
-			if e := p.states[topic]; e != nil {
-				e.sentVersion, e.sentConn = version, conn
-			}
-			p.mu.Unlock()
+			p.states.sent(m, conn)
 		}
 	}
 }
@@ -109,22 +150,13 @@ func (p *Publisher) stateLoop(ctx context.Context) {
 func (p *Publisher) publishOffline() {
 	p.mu.Lock()
 	cli, conn := p.cli, p.connSeq
-	type msg struct {
-		topic   string
-		payload []byte
-	}
-	var msgs []msg
-	for _, k := range p.stateKeys {
-		if e := p.states[k]; e.sentConn != conn || e.sentVersion != e.version {
-			msgs = append(msgs, msg{k, e.payload})
-		}
-	}
 	p.mu.Unlock()
 	if cli == nil {
 		return
 	}
+	msgs := p.states.unsent(conn, 0)
 	if p.cfg.StatusTopic != "" {
-		msgs = append(msgs, msg{p.cfg.StatusTopic, p.statusPayload(false, time.Now())})
+		msgs = append(msgs, stateMsg{topic: p.cfg.StatusTopic, payload: p.statusPayload(false, time.Now())})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownGrace)
 	defer cancel()

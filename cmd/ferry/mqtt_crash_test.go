@@ -62,12 +62,21 @@ timeout = "500ms"
 %s`, t.TempDir(), broker.URL(), qos, sim.URL(), tagConf.String()))
 
 	sub := mosquittotest.Subscribe(t, broker.URL(), "plant/crash/plc1/#", byte(qos))
+	// publishing waits until this run of ferry has published something:
+	// a race-built binary on a loaded machine can take longer to start
+	// than a round lasts, and a kill before it connects tests nothing.
+	publishing := func() {
+		before := len(sub.Messages())
+		waitFor(t, "ferry to publish", 60*time.Second, func() bool { return len(sub.Messages()) > before })
+	}
 	for range rounds {
 		p := startFerry(t, "run", "-config", path)
+		publishing()
 		time.Sleep(time.Duration(200+rand.IntN(300)) * time.Millisecond)
 		p.kill9(t)
 	}
 	last := startFerry(t, "run", "-config", path)
+	publishing()
 	time.Sleep(500 * time.Millisecond)
 	if code := last.stop(t); code != 0 {
 		t.Fatalf("last run exited with %d", code)

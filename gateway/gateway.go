@@ -251,6 +251,7 @@ func (g *Gateway) startPublisher(parent context.Context, cfg *config.Config) err
 	if err != nil {
 		return err
 	}
+	pubCfg.ShutdownGrace = g.opts.ShutdownGrace // demo and tests pass a shorter one
 	p, err := mqtt.New(pubCfg, g.blog)
 	if err != nil {
 		return fmt.Errorf("mqtt publisher: %w", err)

@@ -37,8 +37,8 @@ func publisherConfig(cfg *config.Config, version string, logger *slog.Logger) (m
 		ReconnectMax:   m.ReconnectMax,
 		// The publisher's wait for in-flight publishes and its offline
 		// status at shutdown share the gateway's bound, not a default of
-		// the mqtt package's. (Options.ShutdownGrace, when set, should
-		// replace it too: see startPublisher.)
+		// the mqtt package's; startPublisher replaces it with
+		// Options.ShutdownGrace.
 		ShutdownGrace: DefaultShutdownGrace,
 		// The session store needs a directory of its own.
 		SessionDir:         filepath.Join(cfg.Gateway.StateDir, "mqtt"),

@@ -33,6 +33,32 @@ type Writer interface {
 	CompileWrite(tag string) (TagWrite, error)
 }
 
+// CheckWrite validates a write of v to tag of w without any I/O:
+// CompileWrite and Check in one call, for tools and tests (the gateway
+// compiles each tag once).
+func CheckWrite(w Writer, tag string, v Value) error {
+	tw, err := w.CompileWrite(tag)
+	if err != nil {
+		return err
+	}
+	_, err = tw.Check(v)
+	return err
+}
+
+// WriteTag checks and writes v to tag of w: CompileWrite, Check and Write
+// in one call, for tools and tests.
+func WriteTag(ctx context.Context, w Writer, tag string, v Value, verify bool) (Value, error) {
+	tw, err := w.CompileWrite(tag)
+	if err != nil {
+		return Value{}, err
+	}
+	raw, err := tw.Check(v)
+	if err != nil {
+		return Value{}, err
+	}
+	return tw.Write(ctx, raw, verify)
+}
+
 // TagWrite is one writable tag, compiled once by Writer.CompileWrite.
 type TagWrite interface {
 	// Check validates v for the tag without any I/O: its kind and range

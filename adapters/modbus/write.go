@@ -338,26 +338,13 @@ func (p *Poller) tagConfig(name string) (config.ModbusTag, int, bool) {
 // below the tag's min or above its max (out_of_range, compared exactly).
 // The gateway compiles the tag once instead (CompileWrite).
 func (p *Poller) CheckWrite(tag string, v adapters.Value) error {
-	tw, err := p.CompileWrite(tag)
-	if err != nil {
-		return err
-	}
-	_, err = tw.Check(v)
-	return err
+	return adapters.CheckWrite(p, tag, v)
 }
 
 // WriteTag checks and writes v to tag: CompileWrite, Check and Write in
 // one call (ferry's tests and tools; the gateway compiles each tag once).
 func (p *Poller) WriteTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
-	tw, err := p.CompileWrite(tag)
-	if err != nil {
-		return adapters.Value{}, err
-	}
-	raw, err := tw.Check(v)
-	if err != nil {
-		return adapters.Value{}, err
-	}
-	return tw.Write(ctx, raw, verify)
+	return adapters.WriteTag(ctx, p, tag, v, verify)
 }
 
 // tagWrite is one writable tag of a Poller, compiled once: its encoder,

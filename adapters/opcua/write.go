@@ -43,26 +43,13 @@ func (c *Client) tagIndex(name string) int {
 // CheckWrite validates a write of v to tag without I/O (CompileWrite and
 // Check); the gateway compiles each tag once instead.
 func (c *Client) CheckWrite(tag string, v adapters.Value) error {
-	tw, err := c.CompileWrite(tag)
-	if err != nil {
-		return err
-	}
-	_, err = tw.Check(v)
-	return err
+	return adapters.CheckWrite(c, tag, v)
 }
 
 // WriteTag checks and writes v to tag: CompileWrite, Check and Write in
 // one call.
 func (c *Client) WriteTag(ctx context.Context, tag string, v adapters.Value, verify bool) (adapters.Value, error) {
-	tw, err := c.CompileWrite(tag)
-	if err != nil {
-		return adapters.Value{}, err
-	}
-	raw, err := tw.Check(v)
-	if err != nil {
-		return adapters.Value{}, err
-	}
-	return tw.Write(ctx, raw, verify)
+	return adapters.WriteTag(ctx, c, tag, v, verify)
 }
 
 // tagWrite is one writable tag of a Client, compiled once: its index (so

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -105,42 +104,8 @@ timeout = "500ms"
 		t.Fatalf("last run exited with %d", code)
 	}
 
-	var counts map[uint64]int
-	var top uint64
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		counts, top = map[uint64]int{}, 0
-		for _, m := range sub.Messages() {
-			if strings.HasSuffix(m.Topic, "/status") {
-				continue
-			}
-			var p payload
-			if err := json.Unmarshal(m.Payload, &p); err != nil || p.Seq == nil {
-				t.Fatalf("%s: bad payload %s", m.Topic, m.Payload)
-			}
-			counts[*p.Seq]++
-			top = max(top, *p.Seq)
-		}
-		if uint64(len(counts)) == top || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	missing, dups := 0, 0
-	for s := uint64(1); s <= top; s++ {
-		switch n := counts[s]; {
-		case n == 0:
-			missing++
-			if missing <= 10 {
-				t.Errorf("seq %d never arrived", s)
-			}
-		case n > 1:
-			dups += n - 1
-			if dups <= 10 {
-				t.Errorf("seq %d arrived %d times at QoS 2", s, n)
-			}
-		}
-	}
+	counts, top := awaitSeqs(t, sub)
+	missing, dups := tallySeqs(t, counts, top, true)
 	t.Logf("QoS 2, disk full for 1.5 s, then 3 kills: seqs 1..%d, %d missing, %d duplicates", top, missing, dups)
 	if top < 1000 {
 		t.Fatalf("only %d readings published; the test proves little", top)

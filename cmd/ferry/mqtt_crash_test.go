@@ -82,9 +82,25 @@ timeout = "500ms"
 		t.Fatalf("last run exited with %d", code)
 	}
 
-	// Wait until the subscriber has every seq up to the highest it saw.
-	var counts map[uint64]int
-	var top uint64
+	counts, top := awaitSeqs(t, sub)
+	if top < 1000 {
+		t.Fatalf("only %d readings published over %d rounds; the test proves little", top, rounds)
+	}
+	missing, dups := tallySeqs(t, counts, top, qos == 2)
+	t.Logf("qos %d, %d kills: seqs 1..%d, %d missing, %d duplicates", qos, rounds, top, missing, dups)
+	if missing > 0 {
+		t.Errorf("%d seqs missing", missing)
+	}
+	// mosquitto's Receive Maximum (20) bounds what is in flight at a kill.
+	if qos == 1 && dups > rounds*20 {
+		t.Errorf("%d duplicates at QoS 1 over %d kills: more than the in-flight window", dups, rounds)
+	}
+}
+
+// awaitSeqs waits (up to 20 s) until the subscriber has every seq up to
+// the highest it saw, and returns how often each arrived and the highest.
+func awaitSeqs(t *testing.T, sub *mosquittotest.Subscription) (counts map[uint64]int, top uint64) {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		counts, top = map[uint64]int{}, 0
@@ -100,14 +116,17 @@ timeout = "500ms"
 			top = max(top, *p.Seq)
 		}
 		if uint64(len(counts)) == top || time.Now().After(deadline) {
-			break
+			return counts, top
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if top < 1000 {
-		t.Fatalf("only %d readings published over %d rounds; the test proves little", top, rounds)
-	}
-	missing, dups := 0, 0
+}
+
+// tallySeqs counts the seqs 1..top that never arrived and the repeats,
+// reporting the first ten missing (and, with exactlyOnce, the first ten
+// repeats) as test errors.
+func tallySeqs(t *testing.T, counts map[uint64]int, top uint64, exactlyOnce bool) (missing, dups int) {
+	t.Helper()
 	for s := uint64(1); s <= top; s++ {
 		switch n := counts[s]; {
 		case n == 0:
@@ -117,17 +136,10 @@ timeout = "500ms"
 			}
 		case n > 1:
 			dups += n - 1
-			if qos == 2 && dups <= 10 {
+			if exactlyOnce && dups <= 10 {
 				t.Errorf("seq %d arrived %d times at QoS 2", s, n)
 			}
 		}
 	}
-	t.Logf("qos %d, %d kills: seqs 1..%d, %d missing, %d duplicates", qos, rounds, top, missing, dups)
-	if missing > 0 {
-		t.Errorf("%d seqs missing", missing)
-	}
-	// mosquitto's Receive Maximum (20) bounds what is in flight at a kill.
-	if qos == 1 && dups > rounds*20 {
-		t.Errorf("%d duplicates at QoS 1 over %d kills: more than the in-flight window", dups, rounds)
-	}
+	return missing, dups
 }

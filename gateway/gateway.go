@@ -174,13 +174,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.stopDevicesAndPublisher(stopPolling, false)
 		return fmt.Errorf("commands: %w", err)
 	}
-	metricsListen := cfg.Metrics.Listen
+	metricsCfg := cfg.Metrics
 	g.mu.Unlock()
 
 	// The metrics collector reads the gateway under its locks: start the
 	// endpoint with none held.
-	if metricsListen != "" {
-		m, err := g.startMetrics(metricsListen)
+	if metricsCfg.Listen != "" {
+		m, err := g.startMetrics(metricsCfg)
 		if err != nil {
 			g.stopDevicesAndPublisher(stopPolling, false)
 			return err

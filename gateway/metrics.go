@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferry-gateway/ferry/adapters/modbus"
 	"github.com/ferry-gateway/ferry/buffer"
+	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/gateway/status"
 )
 
@@ -29,8 +30,10 @@ type metricsServer struct {
 	done chan struct{}
 }
 
-// startMetrics listens on addr and serves the gateway's metrics and health.
-func (g *Gateway) startMetrics(addr string) (*metricsServer, error) {
+// startMetrics listens on m.Listen and serves the gateway's metrics, health
+// and status page. It takes no lock: Reload calls it with g.mu held.
+func (g *Gateway) startMetrics(mcfg config.Metrics) (*metricsServer, error) {
+	addr := mcfg.Listen
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -38,10 +41,6 @@ func (g *Gateway) startMetrics(addr string) (*metricsServer, error) {
 		(*gatewayCollector)(g),
 		(*commandCollector)(g),
 	)
-	g.mu.Lock()
-	mcfg := g.cfg.Metrics
-	g.mu.Unlock()
-	mcfg.Listen = addr
 	auth := statusAuth(mcfg)
 	if !mcfg.Loopback() && !auth.Configured() {
 		return nil, fmt.Errorf("metrics.listen %s is not loopback: set metrics.username and metrics.password_file, or metrics.token_file", addr)

@@ -22,10 +22,25 @@ var ErrNotRunning = errors.New("gateway is not running")
 // warning says so, and the rest is applied. Reload returns an error, and
 // changes nothing, when a new device cannot be built.
 func (g *Gateway) Reload(cfg *config.Config) error {
+	metrics, err := g.reload(cfg)
+	if err != nil {
+		return err
+	}
+	if metrics != nil {
+		g.restartMetrics(*metrics)
+	}
+	g.sink.page.reloaded(time.Now())
+	return nil
+}
+
+// reload is Reload with g.mu held; it returns the [metrics] to restart
+// the endpoint with, if they changed (which must happen without g.mu: the
+// metrics collector takes it).
+func (g *Gateway) reload(cfg *config.Config) (*config.Metrics, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.running == nil || g.running.Err() != nil {
-		return ErrNotRunning
+		return nil, ErrNotRunning
 	}
 	old := g.cfg
 	next := *cfg
@@ -49,7 +64,7 @@ func (g *Gateway) Reload(cfg *config.Config) error {
 					_ = f.poller.Close()
 				}
 			}
-			return err
+			return nil, err
 		}
 		fresh[d.name] = dev
 	}
@@ -96,23 +111,41 @@ func (g *Gateway) Reload(cfg *config.Config) error {
 			g.logger.Info("reload: mqtt settings applied; publisher reconnected", "broker", next.MQTT.URL)
 		}
 	}
-	if old.Metrics.Listen != next.Metrics.Listen {
-		if g.metrics != nil {
-			g.metrics.close()
-			g.metrics = nil
-		}
-		if next.Metrics.Listen != "" {
-			m, err := g.startMetrics(next.Metrics.Listen)
-			if err != nil {
-				g.logger.Error("reload: metrics endpoint not started", "listen", next.Metrics.Listen, "err", err)
-			} else {
-				g.metrics = m
-			}
-		}
+	var metrics *config.Metrics
+	if old.Metrics != next.Metrics { // listen or credentials
+		metrics = &next.Metrics
 	}
-	g.sink.page.reloaded(time.Now())
 	g.logger.Info("reload: config applied", "kept", kept, "restarted_or_removed", stopped, "started", started)
-	return nil
+	return metrics, nil
+}
+
+// restartMetrics replaces the metrics endpoint by one for m (none when
+// m.Listen is empty); g.mu not held.
+func (g *Gateway) restartMetrics(m config.Metrics) {
+	g.mu.Lock()
+	old := g.metrics
+	g.metrics = nil
+	g.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+	if m.Listen == "" {
+		return
+	}
+	srv, err := g.startMetrics(m)
+	if err != nil {
+		g.logger.Error("reload: metrics endpoint not started", "listen", m.Listen, "err", err)
+		return
+	}
+	g.mu.Lock()
+	stopping := g.running == nil || g.running.Err() != nil
+	if !stopping {
+		g.metrics = srv
+	}
+	g.mu.Unlock()
+	if stopping {
+		srv.close() // the shutdown has begun and would not close it
+	}
 }
 
 // replacePublisher stops the running publisher (in-flight records stay in

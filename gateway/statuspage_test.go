@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferry-gateway/ferry/adapters/modbus/modbustest"
 	"github.com/ferry-gateway/ferry/adapters/opcua/opcuatest"
+	"github.com/ferry-gateway/ferry/config"
 	"github.com/ferry-gateway/ferry/gateway/status"
 	"github.com/ferry-gateway/ferry/internal/mosquittotest"
 )
@@ -297,4 +298,57 @@ endpoint = %q
 	}
 	osim.Set("temp", float64(22.25))
 	waitStatus(t, base, "temp 22.25", func(s status.Snapshot) bool { return tagValue(s, "oven", "temp") == "22.25" })
+}
+
+// TestStatusReloadMetrics: a reload that changes [metrics] (here only the
+// credentials) restarts the endpoint with them, without hanging the
+// reload.
+func TestStatusReloadMetrics(t *testing.T) {
+	broker := mosquittotest.Start(t)
+	g, base := statusGateway(t, broker.URL(), modbustest.New(t), `listen = "127.0.0.1:0"`)
+	getStatus(t, base)
+
+	reload := func(change func(*config.Metrics)) string {
+		t.Helper()
+		g.mu.Lock()
+		next := *g.cfg
+		g.mu.Unlock()
+		change(&next.Metrics)
+		done := make(chan error, 1)
+		go func() { done <- g.Reload(&next) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("Reload with a changed [metrics] did not return (deadlock?)")
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return "http://" + g.metrics.addr
+	}
+	base = reload(func(m *config.Metrics) { m.Token = "tok-123" })
+	check := func(base string) {
+		t.Helper()
+		for _, tc := range []struct {
+			token string
+			want  int
+		}{{"", 401}, {"tok-12", 401}, {"tok-123", 200}} {
+			req, _ := http.NewRequest(http.MethodGet, base+"/api/status", nil)
+			if tc.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Errorf("after the reload, GET /api/status with token %q = %d, want %d", tc.token, resp.StatusCode, tc.want)
+			}
+		}
+	}
+	check(base)
+	check(reload(func(m *config.Metrics) { m.Listen = "localhost:0" }))
 }

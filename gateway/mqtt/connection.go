@@ -293,6 +293,7 @@ func (p *Publisher) up(l *link, ca *paho.Connack) {
 		p.stats.reconnects.Add(1)
 	}
 	p.stats.connects.Add(1)
+	p.connectedAt, p.sessionPresent = time.Now(), ca.SessionPresent
 	p.cli, p.link = l.cli, l
 	close(p.connUp)
 	p.mu.Unlock()

@@ -54,6 +54,11 @@ type Stats struct {
 	Received     uint64            // messages delivered on our subscriptions (commands)
 	Responses    uint64            // Respond messages handed to the session
 	Subscribes   uint64            // successful SUBSCRIBE exchanges
+	// ConnectedSince is when the last successful CONNACK arrived (zero
+	// before the first), and SessionPresent its Session Present flag.
+	// Both describe the current connection while Connected.
+	ConnectedSince time.Time
+	SessionPresent bool
 
 	SessionWriteErrors uint64 // failed or short writes of the session store file
 	SessionCorrupt     int    // damaged regions of the session store skipped at start (bytes kept in corrupt/)
@@ -85,10 +90,14 @@ type Publisher struct {
 	connUp  chan struct{} // closed while connected; replaced when down
 	epoch   uint64        // incremented before every connection attempt
 	connSeq uint64        // number of successful connections
-	epochMu sync.RWMutex  // write-held while switching connections; see sessionGate
-	discMu  sync.Mutex
-	discs   map[string]uint64
-	rcodes  map[byte]uint64
+	// connectedAt and sessionPresent are of the last successful CONNACK
+	// (guarded by mu).
+	connectedAt    time.Time
+	sessionPresent bool
+	epochMu        sync.RWMutex // write-held while switching connections; see sessionGate
+	discMu         sync.Mutex
+	discs          map[string]uint64
+	rcodes         map[byte]uint64
 
 	// jmu guards the jobs in the session and the queues of jobs to send
 	// again. Held briefly; never across I/O.
@@ -181,24 +190,29 @@ func (p *Publisher) Connected() bool {
 
 // Stats returns a snapshot of the counters.
 func (p *Publisher) Stats() Stats {
+	p.mu.Lock()
+	connected, since, present := p.cli != nil, p.connectedAt, p.sessionPresent
+	p.mu.Unlock()
 	s := Stats{
-		Connected:    p.Connected(),
-		Connects:     p.stats.connects.Load(),
-		Reconnects:   p.stats.reconnects.Load(),
-		ConnectFails: p.stats.connectFails.Load(),
-		Acked:        p.stats.acked.Load(),
-		Failed:       p.stats.failed.Load(),
-		Replayed:     p.stats.replayed.Load(),
-		BytesOut:     p.stats.bytesOut.Load(),
-		DeadLettered: p.stats.deadLettered.Load(),
-		Skipped:      p.stats.skipped.Load(),
-		SessionLost:  p.stats.sessionLost.Load(),
-		Resent:       p.stats.resent.Load(),
-		Restored:     p.stats.restored.Load(),
-		Resumed:      p.stats.resumed.Load(),
-		Received:     p.stats.received.Load(),
-		Responses:    p.stats.responses.Load(),
-		Subscribes:   p.stats.subscribes.Load(),
+		Connected:      connected,
+		ConnectedSince: since,
+		SessionPresent: present,
+		Connects:       p.stats.connects.Load(),
+		Reconnects:     p.stats.reconnects.Load(),
+		ConnectFails:   p.stats.connectFails.Load(),
+		Acked:          p.stats.acked.Load(),
+		Failed:         p.stats.failed.Load(),
+		Replayed:       p.stats.replayed.Load(),
+		BytesOut:       p.stats.bytesOut.Load(),
+		DeadLettered:   p.stats.deadLettered.Load(),
+		Skipped:        p.stats.skipped.Load(),
+		SessionLost:    p.stats.sessionLost.Load(),
+		Resent:         p.stats.resent.Load(),
+		Restored:       p.stats.restored.Load(),
+		Resumed:        p.stats.resumed.Load(),
+		Received:       p.stats.received.Load(),
+		Responses:      p.stats.responses.Load(),
+		Subscribes:     p.stats.subscribes.Load(),
 	}
 	for i := range s.Published {
 		s.Published[i] = p.stats.published[i].Load()

@@ -184,6 +184,8 @@ type commandRouter struct {
 	retained      uint64
 	clearFailed   uint64
 	queuedN       uint64
+
+	recent recentRing // the last finished commands, for the status page
 }
 
 // newCommandRouter builds the router for every tag of cfg. writers holds

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -61,8 +62,11 @@ func (r *commandRouter) finishLocked(c *command, res commandResult) {
 	if len(payload) > 256 {
 		payload = payload[:256]
 	}
+	latency := res.TS.Sub(c.received)
+	r.recent.add(recentCmd{device: c.device, tag: c.tag, payload: payload, ok: res.OK, value: res.Value,
+		code: code, message: res.Message, received: c.received, latency: latency, who: c.who})
 	attrs := []any{"device", c.device, "tag", c.tag, "payload", string(payload), "result", code,
-		"latency", r.now().Sub(c.received).Round(time.Microsecond)}
+		"latency", latency.Round(time.Microsecond)}
 	if res.OK {
 		attrs = append(attrs, "value", res.Value.String())
 	} else {
@@ -147,4 +151,49 @@ func looksJSON(b []byte) bool {
 		return true
 	}
 	return s == "true" || s == "false" || s == "null"
+}
+
+// recentCommands is how many finished commands the router keeps for the
+// status page.
+const recentCommands = 50
+
+// recentCmd is one finished command as the status page shows it.
+type recentCmd struct {
+	device, tag string
+	payload     []byte // as sent, clipped to 256 bytes (shared with the command, never written)
+	ok          bool
+	value       adapters.Value // the value written (ok only)
+	code        string         // "ok" or the error code
+	message     string
+	received    time.Time
+	latency     time.Duration // from receipt to the answer
+	who         []any         // the command's who: key/value pairs
+}
+
+// recentRing keeps the last recentCommands finished commands. It has its
+// own lock so that the status page never waits on the router's.
+type recentRing struct {
+	mu   sync.Mutex
+	buf  [recentCommands]recentCmd
+	next int // index of the slot written next
+	n    int // entries kept, at most recentCommands
+}
+
+func (q *recentRing) add(e recentCmd) {
+	q.mu.Lock()
+	q.buf[q.next] = e
+	q.next = (q.next + 1) % recentCommands
+	q.n = min(q.n+1, recentCommands)
+	q.mu.Unlock()
+}
+
+// newestFirst returns a copy of the entries kept, newest first.
+func (q *recentRing) newestFirst() []recentCmd {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := make([]recentCmd, q.n)
+	for i := range out {
+		out[i] = q.buf[(q.next-1-i+2*recentCommands)%recentCommands]
+	}
+	return out
 }

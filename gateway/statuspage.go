@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"fmt"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -121,6 +122,10 @@ func (sp *statusProvider) Snapshot(q status.Query) status.Snapshot {
 		s.Broker.Connected = st.Connected
 		s.Broker.Connects, s.Broker.Reconnects, s.Broker.ConnectFailures = st.Connects, st.Reconnects, st.ConnectFails
 		s.Broker.SessionLost, s.Broker.InFlight, s.Broker.Acked = st.SessionLost, st.InFlight, st.Acked
+		if st.Connected && !st.ConnectedSince.IsZero() {
+			since, present := st.ConnectedSince.UTC(), st.SessionPresent
+			s.Broker.ConnectedSince, s.Broker.SessionPresent = &since, &present
+		}
 	}
 
 	b := g.blog.Stats()
@@ -248,8 +253,44 @@ func (sp *statusProvider) Snapshot(q status.Query) status.Snapshot {
 		if s.Commands.Results == nil {
 			s.Commands.Results = map[string]uint64{}
 		}
+		if r := g.cmdStats.Load(); r != nil {
+			s.Commands.Recent = recentStatus(r.recent.newestFirst())
+		}
 	}
 	return s
+}
+
+// recentStatus turns the router's recent commands into the page's.
+func recentStatus(rs []recentCmd) []status.Command {
+	out := make([]status.Command, 0, len(rs))
+	for _, e := range rs {
+		c := status.Command{
+			Time: e.received.UTC(), Device: e.device, Tag: e.tag, Result: e.code, Message: e.message,
+			LatencySeconds: e.latency.Seconds(), Payload: string(e.payload),
+		}
+		if e.ok {
+			c.Value = json.RawMessage(e.value.AppendJSON(nil))
+		}
+		for i := 0; i+1 < len(e.who); i += 2 {
+			k, _ := e.who[i].(string)
+			if k == "" {
+				continue
+			}
+			if c.From == nil {
+				c.From = make(map[string]string, len(e.who)/2)
+			}
+			switch v := e.who[i+1].(type) {
+			case string:
+				c.From[k] = v
+			case time.Time:
+				c.From[k] = v.UTC().Format(time.RFC3339Nano)
+			default:
+				c.From[k] = fmt.Sprint(v)
+			}
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // rateBase returns the sample to measure rates against (the oldest kept,

@@ -43,6 +43,8 @@ var (
 	valueCell  = regexp.MustCompile(`<td class="value num">([^<]*)</td>`)
 	bufferRecs = regexp.MustCompile(`<dl id="buffer-dl"><dt>records</dt><dd[^>]*>([0-9]+)</dd>`)
 	brokerSt   = regexp.MustCompile(`<span id="broker-state" class="state state-[a-z]+">([a-z]+)</span>`)
+	commandRow = regexp.MustCompile(`(?s)<tr class="command" data-result="([a-z_]+)">(.*?)</tr>`)
+	fromCell   = regexp.MustCompile(`<td class="from">([^<]*)</td>`)
 	sparkLine  = regexp.MustCompile(`<svg id="spark-buffer"[^>]*><polyline points="[0-9.,]+`)
 )
 
@@ -53,6 +55,7 @@ type pageView struct {
 	spark      bool              // the buffer sparkline is drawn
 	broker     string            // connected, disconnected
 	records    int               // buffer depth
+	commands   []string          // the Commands table's rows, "RESULT FROM", top first
 }
 
 func readPage(dom string) pageView {
@@ -78,6 +81,13 @@ func readPage(dom string) pageView {
 		if c := valueCell.FindStringSubmatch(m[2]); c != nil {
 			v.values[m[1]] = c[1]
 		}
+	}
+	for _, m := range commandRow.FindAllStringSubmatch(dom, -1) {
+		from := ""
+		if f := fromCell.FindStringSubmatch(m[2]); f != nil {
+			from = f[1]
+		}
+		v.commands = append(v.commands, m[1]+" "+from)
 	}
 	return v
 }
@@ -123,6 +133,14 @@ func TestStatusPageInBrowser(t *testing.T) {
 			t.Errorf("screenshot: %v\n%s", err, out)
 		}
 	}
+	// A command refused shows in the Commands table with who sent it.
+	c := newCommander(t, broker.Addr())
+	c.send(t, "ferry/line3/press/speed/set", `1`, "b1", 0)
+	c.wait(t, "b1", 20*time.Second)
+	waitPage("the refused command", func(v pageView) bool {
+		return len(v.commands) == 1 && strings.HasPrefix(v.commands[0], "not_writable ") && strings.Contains(v.commands[0], "user.operator=test")
+	})
+
 	sim.SetHolding(0, 1500)
 	waitPage("speed 1500", func(v pageView) bool { return v.values["speed"] == "1500" })
 	if err := sim.SetDown(true); err != nil {

@@ -198,6 +198,9 @@ func TestStatusAPI(t *testing.T) {
 
 	broker.Stop()
 	first := waitStatus(t, base, "the broker disconnected", func(s status.Snapshot) bool { return !s.Broker.Connected })
+	if first.Broker.ConnectedSince != nil || first.Broker.SessionPresent != nil {
+		t.Errorf("disconnected broker %+v: connected_since and session_present belong to a connection", first.Broker)
+	}
 	waitStatus(t, base, "the buffer growing with an oldest age", func(s status.Snapshot) bool {
 		return s.Buffer.Records > first.Buffer.Records+10 && s.Buffer.OldestAgeSeconds != nil
 	})
@@ -351,4 +354,98 @@ func TestStatusReloadMetrics(t *testing.T) {
 	}
 	check(base)
 	check(reload(func(m *config.Metrics) { m.Listen = "localhost:0" }))
+}
+
+// TestStatusCommands: /api/status lists the commands answered, newest
+// first, with their result code, the value written or the payload sent,
+// and who sent them (user properties, response topic, correlation data);
+// and the broker's connection time and session present flag.
+func TestStatusCommands(t *testing.T) {
+	broker := mosquittotest.Start(t)
+	sim := modbustest.New(t)
+	sim.SetHolding(0, 1450, 70)
+	_, base := statusGateway(t, broker.URL(), sim, `listen = "127.0.0.1:0"`)
+
+	s := waitStatus(t, base, "the broker connected and commands running", func(s status.Snapshot) bool {
+		return s.Broker.Connected && s.Commands != nil
+	})
+	if s.Broker.ConnectedSince == nil || s.Broker.SessionPresent == nil {
+		t.Fatalf("broker %+v: want connected_since and session_present", s.Broker)
+	}
+	if since := *s.Broker.ConnectedSince; since.Before(s.Gateway.Started) || since.After(s.Time) {
+		t.Errorf("connected_since %v, want between the start %v and now %v", since, s.Gateway.Started, s.Time)
+	}
+	if len(s.Commands.Recent) != 0 {
+		t.Errorf("recent %+v before any command", s.Commands.Recent)
+	}
+
+	c := newCommander(t, broker.Addr())
+	c.send(t, "ferry/line3/press/setpoint/set", `{"value":75}`, "c1", 0)
+	if r := c.wait(t, "c1", 20*time.Second); !strings.Contains(string(r.payload), `"ok":true`) {
+		t.Fatalf("c1 answered %s", r.payload)
+	}
+	c.send(t, "ferry/line3/press/speed/set", `1`, "c2", 0)
+	if r := c.wait(t, "c2", 20*time.Second); !strings.Contains(string(r.payload), `"error":"not_writable"`) {
+		t.Fatalf("c2 answered %s", r.payload)
+	}
+
+	s = getStatus(t, base)
+	rec := s.Commands.Recent
+	if len(rec) != 2 {
+		t.Fatalf("recent %+v, want the 2 commands", rec)
+	}
+	tests := []struct {
+		name                  string
+		got                   status.Command
+		tag, result, value    string
+		payload, corr, msgHas string
+	}{
+		{"refused, newest first", rec[0], "speed", "not_writable", "", "1", "c2", "not writable"},
+		{"written", rec[1], "setpoint", "ok", "75", `{"value":75}`, "c1", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := tt.got
+			if g.Device != "press" || g.Tag != tt.tag || g.Result != tt.result || string(g.Value) != tt.value || g.Payload != tt.payload {
+				t.Errorf("command %+v", g)
+			}
+			if !strings.Contains(g.Message, tt.msgHas) || (tt.msgHas == "") != (g.Message == "") {
+				t.Errorf("message %q, want one with %q", g.Message, tt.msgHas)
+			}
+			want := map[string]string{"user.operator": "test", "response_topic": "reply/" + tt.corr, "correlation": fmt.Sprintf("%x", tt.corr)}
+			for k, v := range want {
+				if g.From[k] != v {
+					t.Errorf("from %v: %s = %q, want %q", g.From, k, g.From[k], v)
+				}
+			}
+			if g.LatencySeconds <= 0 || g.Time.Before(s.Gateway.Started) || g.Time.After(s.Time) {
+				t.Errorf("time %v latency %v", g.Time, g.LatencySeconds)
+			}
+		})
+	}
+	if s.Commands.Results["ok"] != 1 || s.Commands.Results["not_writable"] != 1 {
+		t.Errorf("results %v", s.Commands.Results)
+	}
+}
+
+// TestRecentRing: the router keeps the last recentCommands answered,
+// newest first, from one to past a wrap.
+func TestRecentRing(t *testing.T) {
+	for _, n := range []int{0, 1, recentCommands - 1, recentCommands, recentCommands + 1, 3*recentCommands + 7} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			var q recentRing
+			for i := range n {
+				q.add(recentCmd{tag: fmt.Sprint(i)})
+			}
+			got := q.newestFirst()
+			if want := min(n, recentCommands); len(got) != want {
+				t.Fatalf("%d entries, want %d", len(got), want)
+			}
+			for i, e := range got {
+				if want := fmt.Sprint(n - 1 - i); e.tag != want {
+					t.Fatalf("entry %d is %s, want %s", i, e.tag, want)
+				}
+			}
+		})
+	}
 }

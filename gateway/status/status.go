@@ -88,6 +88,11 @@ type Broker struct {
 	SessionLost     uint64 `json:"session_lost"`     // connections where the broker had lost ferry's session
 	InFlight        int    `json:"in_flight"`        // records sent and not yet acknowledged
 	Acked           uint64 `json:"acked"`            // records acknowledged since start
+	// ConnectedSince is when the broker accepted the current connection
+	// (its CONNACK), and SessionPresent that CONNACK's Session Present
+	// flag; both absent while not connected.
+	ConnectedSince *time.Time `json:"connected_since,omitempty"`
+	SessionPresent *bool      `json:"session_present,omitempty"`
 }
 
 // Buffer is the disk buffer.
@@ -154,20 +159,27 @@ type Tag struct {
 // Commands are the write-back commands' counters since start.
 type Commands struct {
 	Results map[string]uint64 `json:"results"` // by result code ("ok" for successes)
-	// Recent are the last commands, newest first; absent until the
-	// gateway keeps them.
-	Recent []Command `json:"recent,omitempty"`
+	// Recent are the last 50 commands answered, newest first (empty
+	// before the first).
+	Recent []Command `json:"recent"`
 }
 
-// Command is one command handled.
+// Command is one command answered.
 type Command struct {
-	Time           time.Time         `json:"time"`
-	Device         string            `json:"device"`
-	Tag            string            `json:"tag"`
-	Value          json.RawMessage   `json:"value,omitempty"`
-	Result         string            `json:"result"`
-	LatencySeconds float64           `json:"latency_seconds"`
-	From           map[string]string `json:"from,omitempty"` // MQTT user properties of the command
+	Time    time.Time `json:"time"` // when ferry received it
+	Device  string    `json:"device"`
+	Tag     string    `json:"tag"`
+	Payload string    `json:"payload"` // as sent, clipped to 256 bytes
+	// Value is the value written (absent when the command was refused or
+	// failed).
+	Value          json.RawMessage `json:"value,omitempty"`
+	Result         string          `json:"result"`            // "ok" or the error code
+	Message        string          `json:"message,omitempty"` // why it was refused or failed
+	LatencySeconds float64         `json:"latency_seconds"`   // from receipt to the answer
+	// From is who sent it: the MQTT user properties ("user.KEY"),
+	// response_topic and correlation (hex) where present, "source":"cli"
+	// for ferry write.
+	From map[string]string `json:"from,omitempty"`
 }
 
 //go:embed index.html

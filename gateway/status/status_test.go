@@ -28,7 +28,8 @@ func fixedSnapshot(Query) Snapshot {
 			ID: "line3", Version: "1.4.0", Started: t0, UptimeSeconds: 3600,
 			ConfigFile: "/etc/ferry/ferry.toml", ConfigLoaded: t0.Add(30 * time.Minute), Reloads: 1,
 		},
-		Broker: Broker{URL: "mqtts://broker.plant:8883", Connected: true, Connects: 3, Reconnects: 2, ConnectFailures: 7, SessionLost: 1, InFlight: 4, Acked: 123456},
+		Broker: Broker{URL: "mqtts://broker.plant:8883", Connected: true, Connects: 3, Reconnects: 2, ConnectFailures: 7, SessionLost: 1, InFlight: 4, Acked: 123456,
+			ConnectedSince: ptr(t0.Add(20 * time.Minute)), SessionPresent: ptr(true)},
 		Buffer: Buffer{
 			Dir: "/var/lib/ferry/buffer", Records: 42, Bytes: 1 << 20, MaxBytes: 1 << 30,
 			OldestAgeSeconds: ptr(1.5), Dropped: 0, Lost: 0, DiskFreeBytes: ptr(uint64(5 << 30)),
@@ -53,10 +54,18 @@ func fixedSnapshot(Query) Snapshot {
 		},
 		Commands: &Commands{
 			Results: map[string]uint64{"ok": 5, "refused": 1},
-			Recent: []Command{{
-				Time: t0.Add(59 * time.Minute), Device: "press", Tag: "setpoint", Value: json.RawMessage(`72.5`),
-				Result: "ok", LatencySeconds: 0.034, From: map[string]string{"user": "hmi-2"},
-			}},
+			Recent: []Command{
+				{
+					Time: t0.Add(59 * time.Minute), Device: "press", Tag: "speed", Payload: `1`,
+					Result: "not_writable", Message: "tag press/speed is not writable", LatencySeconds: 0.0002,
+					From: map[string]string{"source": "cli"},
+				},
+				{
+					Time: t0.Add(58 * time.Minute), Device: "press", Tag: "setpoint", Payload: `{"value":72.5}`, Value: json.RawMessage(`72.5`),
+					Result: "ok", LatencySeconds: 0.034,
+					From: map[string]string{"user.operator": "hmi-2", "response_topic": "hmi/2/replies", "correlation": "6331"},
+				},
+			},
 		},
 	}
 }

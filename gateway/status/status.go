@@ -177,8 +177,8 @@ type Command struct {
 	Message        string          `json:"message,omitempty"` // why it was refused or failed
 	LatencySeconds float64         `json:"latency_seconds"`   // from receipt to the answer
 	// From is who sent it: the MQTT user properties ("user.KEY"),
-	// response_topic and correlation (hex) where present, "source":"cli"
-	// for ferry write.
+	// response_topic and correlation (hex), queued and command_ts, where
+	// present.
 	From map[string]string `json:"from,omitempty"`
 }
 

@@ -58,7 +58,7 @@ func fixedSnapshot(Query) Snapshot {
 				{
 					Time: t0.Add(59 * time.Minute), Device: "press", Tag: "speed", Payload: `1`,
 					Result: "not_writable", Message: "tag press/speed is not writable", LatencySeconds: 0.0002,
-					From: map[string]string{"source": "cli"},
+					From: map[string]string{"user.operator": "hmi-1"},
 				},
 				{
 					Time: t0.Add(58 * time.Minute), Device: "press", Tag: "setpoint", Payload: `{"value":72.5}`, Value: json.RawMessage(`72.5`),

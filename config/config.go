@@ -107,6 +107,9 @@ type Metrics struct {
 	// from password_file) or a bearer Token (from token_file).
 	Username, Password string
 	Token              string
+	// ProtectMetrics puts /metrics and /healthz behind the same
+	// credentials; by default they stay open for scrapers and probes.
+	ProtectMetrics bool
 }
 
 // Loopback reports whether Listen accepts connections from this machine

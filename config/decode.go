@@ -79,6 +79,10 @@ func (d *decoder) metrics(t *table, m *Metrics) {
 	case listenOK && m.Listen != "" && !m.Loopback() && !passOK && !tokenOK && !t.has("password_file") && !t.has("token_file"):
 		t.errf("listen", "%q is not a loopback address: the status page, /api/* and /debug/pprof would be open to the network; set username and password_file (basic auth) or token_file (bearer token), or listen on 127.0.0.1 and reach it through an SSH tunnel", m.Listen)
 	}
+	t.boolean("protect_metrics", &m.ProtectMetrics)
+	if m.ProtectMetrics && !t.has("password_file") && !t.has("token_file") {
+		t.errf("protect_metrics", "needs credentials to protect /metrics and /healthz with: set username and password_file (basic auth) or token_file (bearer token)")
+	}
 	t.finish()
 }
 

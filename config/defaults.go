@@ -41,6 +41,7 @@ import "time"
 //	metrics.listen                       "127.0.0.1:9108" ("" disables)
 //	metrics.username, password_file      "" (required with each other; basic auth for /, /api/*, /debug/pprof)
 //	metrics.token_file                   "" (bearer token for the same; one of the two is required off loopback)
+//	metrics.protect_metrics              false (true: /metrics and /healthz need the credentials too)
 //	include                              [] (main file only; see template.go)
 //	template.name, tag                   (required)
 //	template.vars                        [] (no placeholders)

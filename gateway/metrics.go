@@ -46,8 +46,12 @@ func (g *Gateway) startMetrics(mcfg config.Metrics) (*metricsServer, error) {
 		return nil, fmt.Errorf("metrics.listen %s is not loopback: set metrics.username and metrics.password_file, or metrics.token_file", addr)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", g.serveHealth)
+	var scrape, health http.Handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), http.HandlerFunc(g.serveHealth)
+	if mcfg.ProtectMetrics {
+		scrape, health = auth.Wrap(scrape), auth.Wrap(health)
+	}
+	mux.Handle("/metrics", scrape)
+	mux.Handle("/healthz", health)
 	// The status page and its JSON (gateway/status), read-only.
 	mux.Handle("/", auth.Wrap(status.Handler((*statusProvider)(g))))
 	// Profiles of the running gateway (go tool pprof http://ADDR/debug/pprof/heap),
@@ -77,7 +81,11 @@ func (g *Gateway) startMetrics(mcfg config.Metrics) (*metricsServer, error) {
 	if mcfg.Loopback() {
 		g.logger.Info("status page", "url", base+"/", "json", base+"/api/status", "auth", auth.Describe())
 	} else {
-		g.logger.Warn("status page on a non-loopback address: /, /api/* and /debug/pprof need credentials; /metrics and /healthz are open",
+		open := "/metrics and /healthz are open"
+		if mcfg.ProtectMetrics {
+			open = "/metrics and /healthz need them too"
+		}
+		g.logger.Warn("status page on a non-loopback address: /, /api/* and /debug/pprof need credentials; "+open,
 			"url", base+"/", "json", base+"/api/status", "auth", auth.Describe())
 	}
 	return m, nil

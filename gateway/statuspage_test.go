@@ -273,6 +273,35 @@ token_file = %q`, filepath.Join(dir, "pass"), filepath.Join(dir, "token")))
 			}
 		})
 	}
+
+	// protect_metrics: /metrics and /healthz need the credentials too.
+	_, strict := statusGateway(t, broker.URL(), sim, fmt.Sprintf(`listen = "0.0.0.0:0"
+token_file = %q
+protect_metrics = true`, filepath.Join(dir, "token")))
+	strict = strings.Replace(strict, "0.0.0.0", "127.0.0.1", 1)
+	for _, tc := range []struct {
+		path, token string
+		want        int
+	}{
+		{"/metrics", "", 401}, {"/healthz", "", 401}, {"/metrics", "tok-1234", 401},
+		{"/metrics", "tok-123", 200}, {"/api/status", "tok-123", 200},
+	} {
+		req, err := http.NewRequest(http.MethodGet, strict+tc.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.token != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("protect_metrics: GET %s with token %q = %d, want %d", tc.path, tc.token, resp.StatusCode, tc.want)
+		}
+	}
 }
 
 // TestStatusOPCUA: an OPC UA device has its row too: subscribed (no poll

@@ -1,6 +1,7 @@
 package adapters
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -141,12 +142,12 @@ func (l *Limit) compare(v Value) int {
 func CompareInt(v Value, i int64) int {
 	switch v.Kind() {
 	case IntKind:
-		return cmp3(v.Int(), i)
+		return cmp.Compare(v.Int(), i)
 	case UintKind:
 		if v.Uint() > math.MaxInt64 {
 			return 1
 		}
-		return cmp3(int64(v.Uint()), i)
+		return cmp.Compare(int64(v.Uint()), i)
 	case FloatKind:
 		return -CompareFloat(IntValue(i), v.Float())
 	}
@@ -170,10 +171,10 @@ func CompareFloat(v Value, f float64) int {
 			return 1
 		}
 		t := math.Trunc(f)
-		if c := cmp3(v.Int(), int64(t)); c != 0 {
+		if c := cmp.Compare(v.Int(), int64(t)); c != 0 {
 			return c
 		}
-		return cmp3(t, f)
+		return cmp.Compare(t, f)
 	case UintKind:
 		switch {
 		case f >= 0x1p64:
@@ -182,12 +183,12 @@ func CompareFloat(v Value, f float64) int {
 			return 1
 		}
 		t := math.Trunc(f)
-		if c := cmp3(v.Uint(), uint64(t)); c != 0 {
+		if c := cmp.Compare(v.Uint(), uint64(t)); c != 0 {
 			return c
 		}
-		return cmp3(t, f)
+		return cmp.Compare(t, f)
 	case FloatKind:
-		return cmp3(v.Float(), f)
+		return cmp.Compare(v.Float(), f)
 	}
 	return 0
 }

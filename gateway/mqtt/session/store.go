@@ -2,6 +2,7 @@ package session
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -347,21 +348,11 @@ func (s *Store) List() ([]uint16, error) {
 	slices.SortFunc(ids, func(a, b uint16) int {
 		pa, pb := s.live[a], s.live[b]
 		if pa.seq != 0 && pb.seq != 0 && pa.seq != pb.seq {
-			return cmpU64(pa.seq, pb.seq)
+			return cmp.Compare(pa.seq, pb.seq)
 		}
-		return cmpU64(pa.order, pb.order)
+		return cmp.Compare(pa.order, pb.order)
 	})
 	return ids, nil
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Reset implements paho's storer: the broker has no session. The done

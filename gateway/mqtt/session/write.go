@@ -1,6 +1,7 @@
 package session
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -158,7 +159,7 @@ func (s *Store) rewriteLocked() error {
 	for id := range s.live {
 		ids = append(ids, id)
 	}
-	slices.SortFunc(ids, func(a, b uint16) int { return cmpU64(s.live[a].order, s.live[b].order) })
+	slices.SortFunc(ids, func(a, b uint16) int { return cmp.Compare(s.live[a].order, s.live[b].order) })
 	var body []byte
 	for _, id := range ids {
 		body = putBody(body[:0], id, s.live[id])

@@ -52,8 +52,22 @@ timeout = "500ms"
 	sub := mosquittotest.Subscribe(t, broker.URL(), "plant/dl/#", 1)
 	p := startFerry(t, "run", "-config", path)
 	// Run until several notices (a hold lasts 4-8 s, so most of the denied
-	// tag's records are dead-lettered unsent) and plenty of telemetry.
+	// tag's records are dead-lettered unsent) and plenty of telemetry: at
+	// least 2 s, longer where a loaded machine makes ferry slow to start.
 	time.Sleep(2 * time.Second)
+	waitFor(t, "a dead-letter notice and 100 telemetry messages", 60*time.Second, func() bool {
+		notices, telemetry := 0, 0
+		for _, m := range sub.Messages() {
+			switch {
+			case strings.HasSuffix(m.Topic, "/status"):
+			case m.Topic == "plant/dl/deadletter":
+				notices++
+			default:
+				telemetry++
+			}
+		}
+		return notices > 0 && telemetry >= 100
+	})
 	if code := p.stop(t); code != 0 {
 		t.Fatalf("ferry exited with %d", code)
 	}

@@ -90,11 +90,14 @@ listen = %q
 [[modbus]]
 name = "plc1"
 url = %q
-interval = "10ms"
+interval = "20ms"
 timeout = "500ms"
 `, state, broker.URL(), metrics, sim.URL())
 	fmt.Fprintf(&cfg, "\n  [[modbus.tag]]\n  name = \"marker\"\n  table = \"holding\"\n  address = 0\n  type = \"uint16\"\n")
-	for i := 1; i < 20; i++ {
+	// 500 readings/s: enough to fill 2 MiB in well under a minute, and few
+	// enough that a race-built ferry on a loaded 2-core machine delivers
+	// faster than it polls, which recovery needs.
+	for i := 1; i < 10; i++ {
 		fmt.Fprintf(&cfg, "\n  [[modbus.tag]]\n  name = \"t%02d\"\n  table = \"holding\"\n  address = %d\n  type = \"uint16\"\n", i, i)
 	}
 	path := writeConfig(t, cfg.String())

@@ -98,6 +98,7 @@ timeout = "500ms"
 	for range 3 {
 		p.kill9(t)
 		p = startFerry(t, "run", "-config", path)
+		waitPublishing(t, sub)
 		time.Sleep(400 * time.Millisecond)
 	}
 	if code := p.stop(t); code != 0 {

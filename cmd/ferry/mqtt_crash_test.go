@@ -62,13 +62,7 @@ timeout = "500ms"
 %s`, t.TempDir(), broker.URL(), qos, sim.URL(), tagConf.String()))
 
 	sub := mosquittotest.Subscribe(t, broker.URL(), "plant/crash/plc1/#", byte(qos))
-	// publishing waits until this run of ferry has published something:
-	// a race-built binary on a loaded machine can take longer to start
-	// than a round lasts, and a kill before it connects tests nothing.
-	publishing := func() {
-		before := len(sub.Messages())
-		waitFor(t, "ferry to publish", 60*time.Second, func() bool { return len(sub.Messages()) > before })
-	}
+	publishing := func() { waitPublishing(t, sub) }
 	for range rounds {
 		p := startFerry(t, "run", "-config", path)
 		publishing()
@@ -142,4 +136,15 @@ func tallySeqs(t *testing.T, counts map[uint64]int, top uint64, exactlyOnce bool
 		}
 	}
 	return missing, dups
+}
+
+// waitPublishing waits until the subscriber receives another message,
+// that is until the ferry just started publishes: a race-built binary on
+// a loaded machine can take longer to start than a test's round lasts,
+// and a kill (or a SIGTERM before its handler is installed) before it
+// connects tests nothing.
+func waitPublishing(t *testing.T, sub *mosquittotest.Subscription) {
+	t.Helper()
+	before := len(sub.Messages())
+	waitFor(t, "ferry to publish", 60*time.Second, func() bool { return len(sub.Messages()) > before })
 }

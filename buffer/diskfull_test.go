@@ -384,23 +384,30 @@ func TestFileModes(t *testing.T) {
 // frameBytes is the size of the frame of a record(seq).
 const frameBytes = 28 + 200
 
-// The size cap drops segments while the consumer has read ahead: the
-// records it had read are delivered (acked late), so Dropped counts exactly
-// the seqs the consumer never got. Before the fix it counted the read-ahead
-// records too.
-func TestCapDropCountsOnlyUndelivered(t *testing.T) {
+// cappedLog opens a buffer of four 10-record segments and returns it with
+// a function that appends n records.
+func cappedLog(t *testing.T) (*buffer.Log, func(n int)) {
+	t.Helper()
 	l, err := buffer.Open(t.TempDir(), buffer.Options{Sync: buffer.SyncNone, SegmentBytes: 10 * frameBytes, MaxBytes: 40 * frameBytes})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	appendRecs := func(n int) {
+	t.Cleanup(func() { l.Close() })
+	return l, func(n int) {
 		for range n {
 			if _, err := l.Append(record(l.NextSeq())); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
+}
+
+// The size cap drops segments while the consumer has read ahead: the
+// records it had read are delivered (acked late), so Dropped counts exactly
+// the seqs the consumer never got. Before the fix it counted the read-ahead
+// records too.
+func TestCapDropCountsOnlyUndelivered(t *testing.T) {
+	l, appendRecs := cappedLog(t)
 	appendRecs(30)
 	// The consumer reads 15 records ahead (in flight, not acked yet).
 	var got []uint64
@@ -481,18 +488,7 @@ func TestCursorPassesCorruptRecord(t *testing.T) {
 // reload) holds none of what the one before it read: those records count
 // as dropped again.
 func TestCapDropAfterConsumerRestart(t *testing.T) {
-	l, err := buffer.Open(t.TempDir(), buffer.Options{Sync: buffer.SyncNone, SegmentBytes: 10 * frameBytes, MaxBytes: 40 * frameBytes})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	appendRecs := func(n int) {
-		for range n {
-			if _, err := l.Append(record(l.NextSeq())); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	l, appendRecs := cappedLog(t)
 	appendRecs(30)
 	scan := func(n int) {
 		if _, err := l.Scan(l.Acked(), n, func(uint64, []byte) error { return nil }); err != nil {
